@@ -1,0 +1,260 @@
+"""The agent: the only thing that touches this node's QEMU processes and disks.
+
+Operations call it for the steps they undo on failure; its reconcile loop repairs
+drift on its own (a VM that should run but does not, after a crash or a reboot of
+the daemon). One lock per VM keeps an operation and the loop from acting at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+from bramble.agent.control import ControlPlane
+from bramble.compute.arch import get_profile, host_arch
+from bramble.compute.driver import (
+    ComputeDriver,
+    ComputeError,
+    ConsoleData,
+    DesiredVm,
+    HostFacts,
+    PowerState,
+    VmRuntime,
+    VmSpec,
+)
+from bramble.storage.driver import StorageDriver, StoredDisk, StoredImage
+
+log = logging.getLogger(__name__)
+
+CONSOLE_TAIL_DEFAULT = 16 * 1024
+RESTART_BACKOFF_SECONDS = (5, 15, 60, 300)
+
+
+def host_memory_mib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+class Agent:
+    def __init__(
+        self,
+        node: str,
+        compute: ComputeDriver,
+        storage: StorageDriver,
+        control: ControlPlane,
+        *,
+        accel: str,
+        accel_reason: str,
+        roles: tuple[str, ...] = ("agent",),
+        stop_timeout: float = 30.0,
+        reconcile_interval: float = 10.0,
+        heartbeat_interval: float = 10.0,
+    ) -> None:
+        self.node = node
+        self.compute = compute
+        self.storage = storage
+        self.control = control
+        self.accel = accel
+        self.accel_reason = accel_reason
+        self.roles = roles
+        self.stop_timeout = stop_timeout
+        self.reconcile_interval = reconcile_interval
+        self.heartbeat_interval = heartbeat_interval
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._kick = asyncio.Event()
+        self._restart_failures: dict[str, tuple[int, float]] = {}
+
+    def facts(self) -> HostFacts:
+        return HostFacts(
+            name=self.node,
+            arch=host_arch(),
+            cpus=os.cpu_count() or 1,
+            memory_mib=host_memory_mib(),
+            accel=self.accel,
+            accel_reason=self.accel_reason,
+            roles=self.roles,
+        )
+
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    def _placed(self, spec: VmSpec) -> VmSpec:
+        """KVM only for guests of this host's architecture, and only where KVM works."""
+        native = get_profile(spec.arch).name == host_arch()
+        return dataclasses.replace(spec, accel="kvm" if native and self.accel == "kvm" else "tcg")
+
+    # ------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        """Register, re-attach to VMs that survived a restart, converge, then keep converging."""
+        self.compute.set_state_callback(self._on_driver_state)
+        await self.control.register_node(self.facts())
+        await self._adopt()
+        await self.reconcile_once()
+        self._tasks = [
+            asyncio.create_task(self._reconcile_loop(), name="agent-reconcile"),
+            asyncio.create_task(self._heartbeat_loop(), name="agent-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loops and let go of QMP; VMs keep running."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self.compute.set_state_callback(None)
+        await self.compute.close()
+
+    async def _adopt(self) -> None:
+        known = await self.control.known_vm_ids(self.node)
+        for runtime in await self.compute.adopt():
+            if runtime.vm_id in known:
+                await self.control.report_vm_state(self.node, runtime)
+            elif runtime.state in (PowerState.RUNNING, PowerState.PAUSED):
+                # The database no longer has this VM (deleted while we were down): reap it.
+                await self.compute.stop(runtime.vm_id, force=True)
+                await self.compute.cleanup(runtime.vm_id)
+                await self.control.record_event(
+                    self.node,
+                    "vm.orphan_reaped",
+                    f"vm/{runtime.vm_id}",
+                    f"stopped QEMU pid {runtime.pid}: no VM with this id in the database",
+                )
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), timeout=self.reconcile_interval)
+            self._kick.clear()
+            try:
+                await self.reconcile_once()
+            except Exception:  # the loop must survive anything one pass runs into
+                log.exception("reconcile pass failed")
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.control.heartbeat(self.node)
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _on_driver_state(self, runtime: VmRuntime) -> None:
+        await self.control.report_vm_state(self.node, runtime)
+        if runtime.state is PowerState.CRASHED:
+            self._kick.set()
+
+    # ------------------------------------------------------------------ reconcile
+    async def reconcile_once(self) -> None:
+        for desired in await self.control.desired_vms(self.node):
+            vm_id = desired.spec.vm_id
+            async with self._lock(vm_id):
+                fresh = await self.control.desired_vm(self.node, vm_id)
+                if fresh is not None:
+                    await self._converge(fresh)
+
+    async def _converge(self, desired: DesiredVm) -> None:
+        vm_id = desired.spec.vm_id
+        runtime = await self.compute.status(vm_id)
+        want = desired.desired_state
+        try:
+            if want in ("running", "paused") and runtime.state in (PowerState.STOPPED, PowerState.CRASHED):
+                if not self._may_restart(vm_id):
+                    return
+                if desired.disk_id and not await self.storage.disk_exists(desired.disk_id):
+                    raise ComputeError("its disk is missing")
+                runtime = await self.compute.start(self._placed(desired.spec))
+                runtime.extra["accel"] = self._placed(desired.spec).accel
+                runtime.reason = f"started by the agent: desired state is {want}"
+                self._restart_failures.pop(vm_id, None)
+                if want == "paused":
+                    runtime = await self.compute.pause(vm_id)
+            elif want == "stopped" and runtime.state in (PowerState.RUNNING, PowerState.PAUSED):
+                runtime = await self.compute.stop(vm_id, timeout=self.stop_timeout)
+            elif want == "paused" and runtime.state is PowerState.RUNNING:
+                runtime = await self.compute.pause(vm_id)
+            elif want == "running" and runtime.state is PowerState.PAUSED:
+                runtime = await self.compute.resume(vm_id)
+        except ComputeError as exc:
+            count = self._restart_failures.get(vm_id, (0, 0.0))[0] + 1
+            delay = RESTART_BACKOFF_SECONDS[min(count, len(RESTART_BACKOFF_SECONDS)) - 1]
+            self._restart_failures[vm_id] = (count, time.monotonic() + delay)
+            await self.control.record_event(
+                self.node,
+                "vm.reconcile",
+                f"vm/{desired.spec.name}",
+                f"could not make it {want}: {exc} (attempt {count}, next in {delay} s)",
+                outcome="failed",
+            )
+            return
+        await self.control.report_vm_state(self.node, runtime)
+
+    def _may_restart(self, vm_id: str) -> bool:
+        failures = self._restart_failures.get(vm_id)
+        return failures is None or time.monotonic() >= failures[1]
+
+    # ------------------------------------------------------------------ gateway (called by operations)
+    async def prepare_disk(self, disk_id: str, image: StoredImage, size_bytes: int) -> StoredDisk:
+        return await self.storage.clone_disk(disk_id, image, size_bytes)
+
+    async def delete_disk(self, disk_id: str) -> None:
+        await self.storage.delete_disk(disk_id)
+
+    async def start_vm(self, spec: VmSpec) -> VmRuntime:
+        placed = self._placed(spec)
+        async with self._lock(spec.vm_id):
+            runtime = await self.compute.start(placed)
+        runtime.extra["accel"] = placed.accel
+        self._restart_failures.pop(spec.vm_id, None)
+        return runtime
+
+    async def stop_vm(self, vm_id: str, *, force: bool, timeout: float | None = None) -> VmRuntime:
+        async with self._lock(vm_id):
+            return await self.compute.stop(
+                vm_id, force=force, timeout=self.stop_timeout if timeout is None else timeout
+            )
+
+    async def reboot_vm(self, vm_id: str) -> VmRuntime:
+        async with self._lock(vm_id):
+            return await self.compute.reboot(vm_id)
+
+    async def pause_vm(self, vm_id: str) -> VmRuntime:
+        async with self._lock(vm_id):
+            return await self.compute.pause(vm_id)
+
+    async def resume_vm(self, vm_id: str) -> VmRuntime:
+        async with self._lock(vm_id):
+            return await self.compute.resume(vm_id)
+
+    async def destroy_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            await self.compute.stop(vm_id, force=True)
+            await self.compute.cleanup(vm_id)
+            console = Path(self.compute.console_path(vm_id))
+            console.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                console.parent.rmdir()
+        self._locks.pop(vm_id, None)
+        self._restart_failures.pop(vm_id, None)
+
+    async def read_console(self, vm_id: str, offset: int | None, tail: int) -> ConsoleData:
+        path = Path(self.compute.console_path(vm_id))
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                start = max(0, size - tail) if offset is None else min(offset, size)
+                f.seek(start)
+                data = f.read(min(size - start, 4 * 1024 * 1024))
+        except FileNotFoundError:
+            return ConsoleData(b"", 0, 0)
+        return ConsoleData(data, start + len(data), size)

@@ -1,0 +1,103 @@
+"""Rows to response models: the one place that decides what the API shows."""
+
+from __future__ import annotations
+
+from bramble.api import schemas
+from bramble.db.models import EventRow, FlavorRow, ImageRow, NodeRow, OperationRow, VmRow
+
+VNC_BASE_PORT = 5900
+
+
+def image(row: ImageRow) -> schemas.Image:
+    return schemas.Image(
+        id=row.id,
+        name=row.name,
+        arch=row.arch,
+        status=row.status,
+        format=row.format,
+        size_bytes=row.size_bytes,
+        virtual_size_bytes=row.virtual_size_bytes,
+        has_kernel=row.kernel_path is not None,
+        has_initrd=row.initrd_path is not None,
+        cmdline=row.cmdline,
+        error=row.error,
+        created_at=row.created_at,
+    )
+
+
+def flavor(row: FlavorRow) -> schemas.Flavor:
+    return schemas.Flavor(id=row.id, name=row.name, cpus=row.cpus, memory_mib=row.memory_mib, disk_gib=row.disk_gib)
+
+
+def vm(row: VmRow, image_row: ImageRow | None = None, flavor_row: FlavorRow | None = None) -> schemas.Vm:
+    vnc = None
+    if row.vnc_display is not None and row.state in ("running", "paused"):
+        vnc = f"127.0.0.1:{VNC_BASE_PORT + row.vnc_display}"
+    return schemas.Vm(
+        id=row.id,
+        name=row.name,
+        arch=row.arch,
+        cpus=row.cpus,
+        memory_mib=row.memory_mib,
+        disk_gib=row.disk_gib,
+        image_id=row.image_id,
+        image_name=image_row.name if image_row else None,
+        flavor_name=flavor_row.name if flavor_row else None,
+        node=row.node,
+        desired_state=row.desired_state,
+        state=row.state,
+        state_reason=row.state_reason,
+        accel=row.accel,
+        pid=row.pid,
+        vnc=vnc,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def operation(row: OperationRow) -> schemas.Operation:
+    return schemas.Operation(
+        id=row.id,
+        action=row.action,
+        target=row.target,
+        status=row.status,  # type: ignore[arg-type]
+        progress=row.progress,
+        message=row.message,
+        error=row.error,
+        result=row.result,
+        actor=row.actor,
+        request_id=row.request_id,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+    )
+
+
+def event(row: EventRow) -> schemas.Event:
+    return schemas.Event(
+        id=row.id,
+        time=row.time,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        request_id=row.request_id,
+        operation_id=row.operation_id,
+        outcome=row.outcome,
+        message=row.message,
+        before=row.before,
+        after=row.after,
+    )
+
+
+def node(row: NodeRow, vms: int, up: bool) -> schemas.Node:
+    return schemas.Node(
+        name=row.name,
+        arch=row.arch,
+        cpus=row.cpus,
+        memory_mib=row.memory_mib,
+        accel=row.accel,
+        accel_reason=row.accel_reason,
+        roles=[r for r in row.roles.split(",") if r],
+        state="up" if up else "down",
+        last_heartbeat=row.last_heartbeat,
+        vms=vms,
+    )

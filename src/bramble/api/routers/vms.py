@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from bramble.api import convert, schemas
+from bramble.api.deps import CloudDep, ContextDep
+from bramble.core.vms import VmRequest
+
+router = APIRouter(prefix="/v1/vms", tags=["vms"])
+
+CONSOLE_TAIL_DEFAULT = 16 * 1024
+
+
+@router.get("", response_model=list[schemas.Vm])
+async def list_vms(cloud: CloudDep, ctx: ContextDep) -> list[schemas.Vm]:
+    return [convert.vm(*row) for row in await cloud.vms.list_all()]
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
+async def create_vm(body: schemas.VmCreate, cloud: CloudDep, ctx: ContextDep) -> schemas.Accepted:
+    """Validate at once (4xx on bad input), then create and boot in the background."""
+    row, op = await cloud.vms.create(ctx, VmRequest(**body.model_dump()))
+    return schemas.Accepted(operation=convert.operation(op), vm=convert.vm(row))
+
+
+@router.get("/{ref}", response_model=schemas.Vm)
+async def show_vm(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Vm:
+    return convert.vm(*(await cloud.vms.get(ref)))
+
+
+@router.post("/{ref}/actions/{action}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
+async def vm_action(
+    ref: str, action: str, cloud: CloudDep, ctx: ContextDep, body: schemas.VmAction | None = None
+) -> schemas.Accepted:
+    """start, stop (ACPI, then hard after a timeout; force: hard at once), reboot, pause, resume."""
+    op = await cloud.vms.act(ctx, ref, action, force=bool(body and body.force))
+    return schemas.Accepted(operation=convert.operation(op))
+
+
+@router.delete("/{ref}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
+async def delete_vm(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Accepted:
+    op = await cloud.vms.delete(ctx, ref)
+    return schemas.Accepted(operation=convert.operation(op))
+
+
+@router.get("/{ref}/console", response_model=schemas.ConsoleChunk)
+async def console(
+    ref: str,
+    cloud: CloudDep,
+    ctx: ContextDep,
+    offset: Annotated[int | None, Query(ge=0, description="read from this byte on")] = None,
+    tail: Annotated[int, Query(ge=1, le=4 * 1024 * 1024, description="without offset: the last N bytes")] = (
+        CONSOLE_TAIL_DEFAULT
+    ),
+) -> schemas.ConsoleChunk:
+    chunk = await cloud.vms.console(ref, offset, tail)
+    return schemas.ConsoleChunk(data=chunk.data.decode(errors="replace"), offset=chunk.offset, size=chunk.size)

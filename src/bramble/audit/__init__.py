@@ -1,0 +1,1 @@
+"""The audit log: the event stream stored and queried."""

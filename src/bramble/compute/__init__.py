@@ -1,0 +1,1 @@
+"""Compute drivers: run virtual machines on this node."""

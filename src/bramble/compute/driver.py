@@ -1,0 +1,152 @@
+"""The compute driver interface: what the agent needs from a hypervisor backend.
+
+Drivers receive plain dataclasses and return plain dataclasses; they never see the
+database or the API, so they can be unit-tested and swapped (qemu, fake).
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+
+class PowerState(enum.StrEnum):
+    """What the hypervisor reports about a VM, independent of what the user wants."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"  # no process (never started, shut down, or crashed)
+    CRASHED = "crashed"  # the process died without a clean guest shutdown
+
+
+@dataclass(frozen=True)
+class DiskAttachment:
+    """A disk as the hypervisor sees it: a path on this node and its format."""
+
+    path: str
+    format: str = "qcow2"  # qcow2 | raw
+    media: str = "disk"  # disk | cdrom
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything a driver needs to start one VM. Derived from the desired state."""
+
+    vm_id: str
+    name: str
+    arch: str
+    cpus: int
+    memory_mib: int
+    disks: tuple[DiskAttachment, ...] = ()
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    vnc_display: int | None = None  # VNC port is 5900 + display, bound to localhost
+    accel: str = "tcg"  # kvm | tcg
+
+
+@dataclass
+class VmRuntime:
+    """What the driver observed about one VM."""
+
+    vm_id: str
+    state: PowerState
+    pid: int | None = None
+    reason: str = ""  # why the state changed (guest shutdown, process exit code, ...)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class ComputeError(Exception):
+    """A hypervisor action failed; the message says why in words a user can act on."""
+
+
+StateCallback = Callable[[VmRuntime], Awaitable[None]]
+
+
+class ComputeDriver(ABC):
+    """One backend that runs VMs on this node.
+
+    Every method is idempotent where it can be: starting a running VM or stopping a
+    stopped one is not an error, so the reconcile loop can call them freely.
+    """
+
+    name: str = "abstract"
+
+    @abstractmethod
+    async def start(self, spec: VmSpec) -> VmRuntime:
+        """Start the VM; return once the hypervisor has it running or raise ComputeError."""
+
+    @abstractmethod
+    async def stop(self, vm_id: str, *, force: bool = False, timeout: float = 30.0) -> VmRuntime:
+        """ACPI powerdown, then a hard stop after ``timeout`` seconds (at once if ``force``)."""
+
+    @abstractmethod
+    async def reboot(self, vm_id: str) -> VmRuntime:
+        """Reset the guest (a hard reset: the guest cannot veto it)."""
+
+    @abstractmethod
+    async def pause(self, vm_id: str) -> VmRuntime: ...
+
+    @abstractmethod
+    async def resume(self, vm_id: str) -> VmRuntime: ...
+
+    @abstractmethod
+    async def status(self, vm_id: str) -> VmRuntime: ...
+
+    @abstractmethod
+    async def adopt(self) -> list[VmRuntime]:
+        """Find VMs this driver started in an earlier life (after a daemon restart) and re-attach."""
+
+    @abstractmethod
+    async def cleanup(self, vm_id: str) -> None:
+        """Remove runtime leftovers (sockets, pid files) of a stopped VM. Keeps the console log."""
+
+    @abstractmethod
+    def console_path(self, vm_id: str) -> str:
+        """Where the serial console of this VM is logged."""
+
+    def set_state_callback(self, callback: StateCallback | None) -> None:
+        """Register a coroutine called whenever a VM changes state on its own (events, exit)."""
+        self._state_callback = callback
+
+    async def _notify(self, runtime: VmRuntime) -> None:
+        callback = getattr(self, "_state_callback", None)
+        if callback is not None:
+            await callback(runtime)
+
+    async def close(self) -> None:
+        """Release connections (QMP sockets); leaves VMs running."""
+
+
+@dataclass(frozen=True)
+class DesiredVm:
+    """What the control plane wants of one VM on this node; the agent makes it so."""
+
+    spec: VmSpec
+    desired_state: str  # running | stopped | paused
+    disk_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a node tells the control plane about itself when it registers."""
+
+    name: str
+    arch: str
+    cpus: int
+    memory_mib: int
+    accel: str
+    accel_reason: str
+    roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConsoleData:
+    """A slice of a VM's serial console log; ``offset`` is where the next read continues."""
+
+    data: bytes
+    offset: int
+    size: int

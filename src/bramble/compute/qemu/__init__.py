@@ -1,0 +1,1 @@
+"""The QEMU compute driver: QEMU processes driven over QMP, no libvirt."""

@@ -1,0 +1,116 @@
+"""One typed settings object: defaults, then the TOML file, then the environment.
+
+The all-in-one host needs no file at all. Environment variables override the file:
+``BRAMBLE_STATE_DIR=/srv/bramble`` or, for nested sections, ``BRAMBLE_API__PORT=9000``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = Path("/etc/bramble/brambled.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=1, le=65535)
+    # Where the daemon writes the admin token it creates on first start.
+    admin_token_file: Path | None = None
+
+
+class ComputeSettings(_Section):
+    driver: Literal["qemu", "fake"] = "qemu"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    kvm_probe_seconds: float = Field(default=3.0, gt=0)
+    stop_timeout_seconds: float = Field(default=30.0, ge=0)
+    vnc_first_display: int = Field(default=0, ge=0, le=10000)
+    cpu_overcommit: float = Field(default=16.0, gt=0)
+    memory_overcommit: float = Field(default=1.0, gt=0)
+
+
+class StorageSettings(_Section):
+    driver: Literal["local", "fake"] = "local"
+    # Download limit for server-side image imports from URLs.
+    max_image_bytes: int = Field(default=200 * 1024**3, gt=0)
+
+
+class AgentSettings(_Section):
+    reconcile_interval_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything brambled reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRAMBLE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    state_dir: Path = Path("/var/lib/bramble")
+    database_url: str | None = None  # default: SQLite in state_dir
+    node_name: str | None = None  # default: the host name
+    roles: list[Literal["api", "agent", "boot", "power"]] = ["api", "agent"]
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api: ApiSettings = ApiSettings()
+    compute: ComputeSettings = ComputeSettings()
+    storage: StorageSettings = StorageSettings()
+    agent: AgentSettings = AgentSettings()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.absolute()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry the TOML file; the environment wins over the file.
+        return (env_settings, init_settings)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.state_dir / 'bramble.db'}"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.api.admin_token_file or self.state_dir / "admin.token"
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is wrong; the message names the key."""
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any), apply the environment, validate everything at once."""
+    data: dict[str, Any] = {}
+    source = path if path is not None else DEFAULT_CONFIG_FILE
+    if path is not None and not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    if source.exists():
+        try:
+            data = tomllib.loads(source.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: {exc.strerror}") from None
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None

@@ -1,0 +1,1 @@
+"""Domain logic: operations (validate, act with undo, emit an event), errors, services."""

@@ -1,0 +1,364 @@
+"""VM lifecycle: create, start, stop, reboot, pause, resume, delete, console.
+
+Each request is validated first (a 4xx before anything changes), then runs as an
+operation whose steps register their undo: a create that fails at QEMU start removes
+the disk and the row it made, so nothing is left half-created.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from bramble.compute.arch import UnknownArch, canonical_arch, get_profile
+from bramble.compute.driver import ConsoleData, DiskAttachment, PowerState, VmRuntime, VmSpec
+from bramble.core.context import RequestContext
+from bramble.core.deps import CoreDeps, find_by_ref
+from bramble.core.errors import Conflict, Invalid, NoCapacity, NotFound
+from bramble.core.gateway import NodeGateway
+from bramble.core.images import stored_image
+from bramble.core.operations import OperationHandle
+from bramble.db.models import FlavorRow, ImageRow, NodeRow, OperationRow, VmRow, utcnow
+from bramble.scheduler.placement import NodeCapacity, NoPlacement, PlacementRequest, place
+
+GIB = 1024**3
+ACTIONS = ("start", "stop", "reboot", "pause", "resume")
+
+
+@dataclass(frozen=True)
+class VmRequest:
+    name: str
+    image: str
+    flavor: str | None = None
+    cpus: int | None = None
+    memory_mib: int | None = None
+    disk_gib: int | None = None
+    arch: str | None = None
+    start: bool = True
+
+
+def vm_summary(row: VmRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "state": row.state,
+        "desired_state": row.desired_state,
+        "arch": row.arch,
+        "cpus": row.cpus,
+        "memory_mib": row.memory_mib,
+        "disk_gib": row.disk_gib,
+        "node": row.node,
+        "pid": row.pid,
+    }
+
+
+def vm_spec(row: VmRow, image: ImageRow | None) -> VmSpec:
+    """The driver's view of a VM, derived from its row and image every time (never stored)."""
+    disks: list[DiskAttachment] = []
+    if row.disk_path:
+        disks.append(DiskAttachment(path=row.disk_path, format="qcow2"))
+    if image is not None and image.format == "iso" and image.path:
+        disks.append(DiskAttachment(path=image.path, format="raw", media="cdrom", readonly=True))
+    return VmSpec(
+        vm_id=row.id,
+        name=row.name,
+        arch=row.arch,
+        cpus=row.cpus,
+        memory_mib=row.memory_mib,
+        disks=tuple(disks),
+        kernel=image.kernel_path if image else None,
+        initrd=image.initrd_path if image else None,
+        cmdline=image.cmdline if image else None,
+        vnc_display=row.vnc_display,
+    )
+
+
+class VmService:
+    def __init__(self, deps: CoreDeps) -> None:
+        self.deps = deps
+
+    # ------------------------------------------------------------------ reading
+    async def list_all(self) -> list[tuple[VmRow, ImageRow | None, FlavorRow | None]]:
+        async with self.deps.db.read() as session:
+            stmt = (
+                select(VmRow, ImageRow, FlavorRow)
+                .outerjoin(ImageRow, VmRow.image_id == ImageRow.id)
+                .outerjoin(FlavorRow, VmRow.flavor_id == FlavorRow.id)
+                .order_by(VmRow.name)
+            )
+            return [(vm, image, flavor) for vm, image, flavor in (await session.execute(stmt)).all()]
+
+    async def get(self, ref: str) -> tuple[VmRow, ImageRow | None, FlavorRow | None]:
+        async with self.deps.db.read() as session:
+            vm = await find_by_ref(session, VmRow, ref, "VM")
+            image = await session.get(ImageRow, vm.image_id) if vm.image_id else None
+            flavor = await session.get(FlavorRow, vm.flavor_id) if vm.flavor_id else None
+            return vm, image, flavor
+
+    def _gateway(self, row: VmRow) -> NodeGateway:
+        if row.node is None:
+            raise Conflict(f"VM {row.name!r} has no node")
+        try:
+            return self.deps.nodes.gateway(row.node)
+        except LookupError:
+            raise Conflict(f"node {row.node!r} of VM {row.name!r} is not reachable") from None
+
+    # ------------------------------------------------------------------ create
+    async def create(self, ctx: RequestContext, req: VmRequest) -> tuple[VmRow, OperationRow]:
+        target = f"vm/{req.name}"
+        async with self.deps.runner.validating(ctx, "vm.create", target):
+            row, image = await self._validate_and_insert(req)
+
+        async def work(op: OperationHandle) -> dict[str, Any]:
+            op.undo.push("remove the VM row", lambda: self._delete_row(row.id))
+            gateway = self._gateway(row)
+            await op.progress(10, "creating disk")
+            disk = await gateway.prepare_disk(row.id, stored_image(image), row.disk_gib * GIB)
+            op.undo.push("delete the disk", lambda: gateway.delete_disk(row.id))
+            await self._update(row.id, disk_path=disk.path)
+            row.disk_path = disk.path
+            if req.start:
+                await op.progress(40, "starting")
+                op.undo.push("stop the QEMU process", lambda: gateway.destroy_vm(row.id))
+                runtime = await gateway.start_vm(vm_spec(row, image))
+                await self._apply_runtime(row.id, runtime, state="running")
+            else:
+                await self._update(row.id, state="stopped", state_reason="created without starting")
+            current = await self._reload(row.id)
+            op.after = vm_summary(current)
+            return {"vm_id": row.id}
+
+        op_row = await self.deps.runner.submit(ctx, "vm.create", target, work)
+        return row, op_row
+
+    async def _validate_and_insert(self, req: VmRequest) -> tuple[VmRow, ImageRow]:
+        settings = self.deps.settings
+        async with self.deps.db.read() as session:
+            image = await find_by_ref(session, ImageRow, req.image, "image")
+            flavor = await find_by_ref(session, FlavorRow, req.flavor, "flavor") if req.flavor else None
+            nodes = list((await session.scalars(select(NodeRow))).all())
+            usage = {
+                node: (int(cpus or 0), int(mem or 0))
+                for node, cpus, mem in (
+                    await session.execute(
+                        select(VmRow.node, func.sum(VmRow.cpus), func.sum(VmRow.memory_mib))
+                        .where(VmRow.desired_state != "stopped")
+                        .group_by(VmRow.node)
+                    )
+                ).all()
+            }
+        if image.status != "active":
+            raise Conflict(f"image {image.name!r} is {image.status}, not active")
+        cpus = req.cpus or (flavor.cpus if flavor else None)
+        memory = req.memory_mib or (flavor.memory_mib if flavor else None)
+        disk = req.disk_gib or (flavor.disk_gib if flavor else None)
+        if cpus is None or memory is None or disk is None:
+            raise Invalid("give a flavor, or all of cpus, memory and disk size")
+        try:
+            arch = canonical_arch(req.arch or image.arch)
+        except UnknownArch as exc:
+            raise Invalid(str(exc)) from None
+        if arch != image.arch:
+            raise Invalid(f"image {image.name!r} is for {image.arch}, not {arch}")
+        profile = get_profile(arch)
+        if memory < profile.min_memory_mib:
+            raise Invalid(f"{arch} guests need at least {profile.min_memory_mib} MiB of memory, {memory} asked")
+        needed_gib = math.ceil((image.virtual_size_bytes or 0) / GIB)
+        if image.format != "iso" and disk < needed_gib:
+            raise Invalid(f"disk of {disk} GiB is smaller than image {image.name!r} ({needed_gib} GiB)")
+        capacities = [
+            NodeCapacity(
+                name=n.name,
+                arch=n.arch,
+                accel=n.accel,
+                cpus=n.cpus,
+                memory_mib=n.memory_mib,
+                used_cpus=usage.get(n.name, (0, 0))[0],
+                used_memory_mib=usage.get(n.name, (0, 0))[1],
+                up=True,
+            )
+            for n in nodes
+        ]
+        try:
+            node = place(
+                PlacementRequest(arch=arch, cpus=cpus, memory_mib=memory),
+                capacities,
+                cpu_overcommit=settings.compute.cpu_overcommit,
+                memory_overcommit=settings.compute.memory_overcommit,
+            )
+        except NoPlacement as exc:
+            raise NoCapacity(str(exc)) from None
+        row = VmRow(
+            id=str(uuid.uuid4()),
+            name=req.name,
+            arch=arch,
+            cpus=cpus,
+            memory_mib=memory,
+            disk_gib=disk,
+            image_id=image.id,
+            flavor_id=flavor.id if flavor else None,
+            node=node,
+            desired_state="running" if req.start else "stopped",
+            state="creating",
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        try:
+            async with self.deps.db.write() as session:
+                if await session.scalar(select(VmRow.id).where(VmRow.name == req.name)):
+                    raise Conflict(f"a VM named {req.name!r} already exists")
+                used = set((await session.scalars(select(VmRow.vnc_display))).all())
+                display = settings.compute.vnc_first_display
+                while display in used:
+                    display += 1
+                row.vnc_display = display
+                session.add(row)
+        except IntegrityError:
+            raise Conflict(f"a VM named {req.name!r} already exists") from None
+        return row, image
+
+    # ------------------------------------------------------------------ power actions
+    async def act(self, ctx: RequestContext, ref: str, action: str, *, force: bool = False) -> OperationRow:
+        target = f"vm/{ref}"
+        async with self.deps.runner.validating(ctx, f"vm.{action}", target):
+            if action not in ACTIONS:
+                raise Invalid(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+            row, _, _ = await self.get(ref)
+            self._check_action(row, action)
+            target = f"vm/{row.name}"
+
+        async def work(op: OperationHandle) -> dict[str, Any]:
+            vm, image, _ = await self.get(row.id)
+            op.before = vm_summary(vm)
+            self._check_action(vm, action)
+            gateway = self._gateway(vm)
+            if action == "start":
+                await self._update(vm.id, desired_state="running")
+                op.undo.push("restore desired state", lambda: self._update(vm.id, desired_state=vm.desired_state))
+                runtime = await gateway.start_vm(vm_spec(vm, image))
+            elif action == "stop":
+                await self._update(vm.id, desired_state="stopped")
+                runtime = await gateway.stop_vm(vm.id, force=force)
+            elif action == "reboot":
+                runtime = await gateway.reboot_vm(vm.id)
+            elif action == "pause":
+                await self._update(vm.id, desired_state="paused")
+                runtime = await gateway.pause_vm(vm.id)
+            else:
+                await self._update(vm.id, desired_state="running")
+                runtime = await gateway.resume_vm(vm.id)
+            reason = {"stop": "stopped by " + ctx.actor, "reboot": "rebooted by " + ctx.actor}.get(action)
+            await self._apply_runtime(vm.id, runtime, reason=reason)
+            op.after = vm_summary(await self._reload(vm.id))
+            return {"vm_id": vm.id, "state": runtime.state.value}
+
+        return await self.deps.runner.submit(ctx, f"vm.{action}", target, work)
+
+    @staticmethod
+    def _check_action(row: VmRow, action: str) -> None:
+        state = row.state
+        if state in ("creating", "deleting"):
+            raise Conflict(f"VM {row.name!r} is {state}; wait until that finishes")
+        allowed = {
+            "start": ("stopped", "error", "running"),
+            "stop": ("running", "paused", "stopped", "error"),
+            "reboot": ("running",),
+            "pause": ("running", "paused"),
+            "resume": ("paused", "running"),
+        }[action]
+        if state not in allowed:
+            hint = {"reboot": "start it instead", "pause": "start it first", "resume": "start it instead"}
+            raise Conflict(f"cannot {action} VM {row.name!r} while it is {state}; {hint.get(action, '')}".rstrip("; "))
+
+    # ------------------------------------------------------------------ delete
+    async def delete(self, ctx: RequestContext, ref: str) -> OperationRow:
+        async with self.deps.runner.validating(ctx, "vm.delete", f"vm/{ref}"):
+            row, _, _ = await self.get(ref)
+            if row.state == "creating":
+                raise Conflict(f"VM {row.name!r} is being created; delete it when that finishes")
+        return await self.deps.runner.submit(ctx, "vm.delete", f"vm/{row.name}", self._delete_work(row.id))
+
+    def _delete_work(self, vm_id: str) -> Any:
+        async def work(op: OperationHandle) -> dict[str, Any]:
+            vm, _, _ = await self.get(vm_id)
+            op.before = vm_summary(vm)
+            await self._update(vm.id, state="deleting", desired_state="stopped")
+            try:
+                gateway = self._gateway(vm)
+                await gateway.destroy_vm(vm.id)
+                await gateway.delete_disk(vm.id)
+            except Exception as exc:
+                await self._update(vm.id, state="error", state_reason=f"delete failed: {exc}")
+                raise
+            await self._delete_row(vm.id)
+            return {"vm_id": vm.id}
+
+        return work
+
+    async def resume_interrupted_deletes(self) -> int:
+        """At start-up: finish deletes that a daemon crash cut short; flag interrupted creates."""
+        from bramble.core.context import SYSTEM
+
+        async with self.deps.db.write() as session:
+            creating = list((await session.scalars(select(VmRow).where(VmRow.state == "creating"))).all())
+            for vm in creating:
+                vm.state = "error"
+                vm.state_reason = "creation was interrupted by a daemon restart; delete the VM and create it again"
+            deleting = list((await session.scalars(select(VmRow.id).where(VmRow.state == "deleting"))).all())
+        for vm_id in deleting:
+            await self.deps.runner.submit(SYSTEM, "vm.delete", f"vm/{vm_id}", self._delete_work(vm_id))
+        return len(deleting)
+
+    # ------------------------------------------------------------------ console
+    async def console(self, ref: str, offset: int | None, tail: int) -> ConsoleData:
+        row, _, _ = await self.get(ref)
+        if offset is not None and offset < 0:
+            raise Invalid("offset must be 0 or more")
+        return await self._gateway(row).read_console(row.id, offset, tail)
+
+    # ------------------------------------------------------------------ row helpers
+    async def _reload(self, vm_id: str) -> VmRow:
+        async with self.deps.db.read() as session:
+            row = await session.get(VmRow, vm_id)
+            if row is None:
+                raise NotFound(f"VM {vm_id} vanished")
+            return row
+
+    async def _update(self, vm_id: str, **values: Any) -> None:
+        async with self.deps.db.write() as session:
+            row = await session.get(VmRow, vm_id)
+            if row is not None:
+                for key, value in values.items():
+                    setattr(row, key, value)
+
+    async def _apply_runtime(
+        self, vm_id: str, runtime: VmRuntime, *, state: str | None = None, reason: str | None = None
+    ) -> None:
+        observed = state or _state_name(runtime.state)
+        values: dict[str, Any] = {
+            "state": observed,
+            "pid": runtime.pid if observed in ("running", "paused") else None,
+            "state_reason": reason or runtime.reason or None,
+        }
+        if "accel" in runtime.extra:
+            values["accel"] = runtime.extra["accel"]
+        await self._update(vm_id, **values)
+
+    async def _delete_row(self, vm_id: str) -> None:
+        async with self.deps.db.write() as session:
+            row = await session.get(VmRow, vm_id)
+            if row is not None:
+                await session.delete(row)
+
+
+def _state_name(state: PowerState) -> str:
+    return {
+        PowerState.RUNNING: "running",
+        PowerState.PAUSED: "paused",
+        PowerState.STOPPED: "stopped",
+        PowerState.CRASHED: "stopped",
+    }[state]

@@ -1,0 +1,203 @@
+"""brambled: one daemon per node; its roles (api, agent, ...) come from the config.
+
+The all-in-one default runs the API and the agent in one asyncio process with
+SQLite and local storage in the state directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from bramble import __version__
+from bramble.agent.agent import Agent
+from bramble.api.app import create_app
+from bramble.compute.driver import ComputeDriver
+from bramble.config import ConfigError, Settings, load_settings
+from bramble.core.cloud import Cloud
+from bramble.core.deps import CoreDeps
+from bramble.core.gateway import NodeGateway
+from bramble.core.operations import OperationRunner
+from bramble.db.migrate import upgrade
+from bramble.db.session import Database
+from bramble.storage.driver import StorageDriver
+
+log = logging.getLogger("brambled")
+
+
+class LocalNodes:
+    """The node directory of a single-host cloud: every VM lives on this node."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, NodeGateway] = {}
+
+    def gateway(self, node: str) -> NodeGateway:
+        try:
+            return self.agents[node]
+        except KeyError:
+            raise LookupError(node) from None
+
+
+def make_compute(settings: Settings, accel: str) -> ComputeDriver:
+    if settings.compute.driver == "fake":
+        from bramble.compute.fake import FakeComputeDriver
+
+        return FakeComputeDriver()
+    from bramble.compute.qemu.driver import QemuDriver
+
+    return QemuDriver(settings.state_dir / "run", accel=accel, stop_timeout=settings.compute.stop_timeout_seconds)
+
+
+def make_storage(settings: Settings) -> StorageDriver:
+    if settings.storage.driver == "fake":
+        from bramble.storage.fake import FakeStorage
+
+        return FakeStorage()
+    from bramble.storage.local import LocalStorage
+
+    return LocalStorage(settings.state_dir)
+
+
+def choose_accel(settings: Settings) -> tuple[str, str]:
+    if settings.compute.driver == "fake":
+        return "tcg", "fake compute driver"
+    if settings.compute.accel != "auto":
+        return settings.compute.accel, "set in the configuration"
+    from bramble.compute.qemu.accel import probe_kvm
+
+    return probe_kvm(settings.compute.kvm_probe_seconds)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    cloud: Cloud
+    agent: Agent | None
+    admin_token: str | None
+
+    async def close(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+        await self.cloud.deps.runner.drain(timeout=5)
+        await self.db.dispose()
+
+
+async def ensure_admin_token(cloud: Cloud, path: Path) -> str | None:
+    """Create an admin token on first start and keep it where make up and the CLI find it."""
+    if path.exists():
+        return path.read_text().strip()
+    # The file was lost but the database survived: mint another admin token.
+    name = "admin" if not await cloud.tokens.has("admin") else f"admin-{secrets.token_hex(4)}"
+    token = await cloud.tokens.create(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(token + "\n")
+    os.replace(temp, path)
+    return token
+
+
+async def build_services(settings: Settings) -> Services:
+    """Everything brambled runs, wired together (tests use this too)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = Database.connect(settings.effective_database_url)
+    await upgrade(db)
+    nodes = LocalNodes()
+    storage = make_storage(settings)
+    runner = OperationRunner(db)
+    cloud = Cloud(CoreDeps(db=db, runner=runner, settings=settings, nodes=nodes, image_store=storage))
+    await cloud.recover()
+    token = await ensure_admin_token(cloud, settings.admin_token_path) if "api" in settings.roles else None
+    agent = None
+    if "agent" in settings.roles:
+        accel, reason = await asyncio.to_thread(choose_accel, settings)
+        node = settings.node_name or socket.gethostname()
+        agent = Agent(
+            node,
+            make_compute(settings, accel),
+            storage,
+            cloud.nodes,
+            accel=accel,
+            accel_reason=reason,
+            roles=tuple(settings.roles),
+            stop_timeout=settings.compute.stop_timeout_seconds,
+            reconcile_interval=settings.agent.reconcile_interval_seconds,
+            heartbeat_interval=settings.agent.heartbeat_seconds,
+        )
+        nodes.agents[node] = agent
+        await agent.start()
+        log.info("agent %s up: %s (%s)", node, accel, reason)
+    return Services(settings, db, cloud, agent, token)
+
+
+async def serve(settings: Settings) -> None:
+    services = await build_services(settings)
+    pidfile = settings.state_dir / "brambled.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    server = None
+    try:
+        if "api" in settings.roles:
+            config = uvicorn.Config(
+                create_app(services.cloud),
+                host=settings.api.host,
+                port=settings.api.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+            server = uvicorn.Server(config)
+            # brambled owns SIGTERM/SIGINT so it can stop the agent after the server.
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("brambled %s serving on http://%s:%d", __version__, settings.api.host, settings.api.port)
+        if server is not None:
+            serving = asyncio.create_task(server.serve())
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+            await serving
+            if serving in done and serving.exception() is None and not stop.is_set() and not server.started:
+                raise SystemExit(f"brambled: cannot listen on {settings.api.host}:{settings.api.port}")
+            waiter.cancel()
+        else:
+            await stop.wait()
+    finally:
+        await services.close()
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="brambled", description="The Bramble node daemon.")
+    parser.add_argument("--config", type=Path, help="TOML configuration file (default /etc/bramble/brambled.toml)")
+    parser.add_argument("--state-dir", type=Path, help="override state_dir")
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    overrides = {"state_dir": args.state_dir} if args.state_dir else {}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"brambled: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Storage drivers: images and VM disks on this node or a shared pool."""
