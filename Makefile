@@ -1,0 +1,40 @@
+# Bramble: `make up` for an all-in-one cloud on this host, `make test` for the whole suite.
+# Both run as root on Debian 12 and install what they need.
+
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+STATE_DIR ?= /var/lib/bramble
+export BRAMBLE_STATE_DIR := $(STATE_DIR)
+
+.PHONY: up down test lint deps venv test-deps demo-image clean-venv
+
+up: deps venv
+	@scripts/up.sh
+
+down:
+	@scripts/down.sh
+
+deps:
+	@scripts/install-deps.sh runtime
+
+test-deps:
+	@scripts/install-deps.sh test
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: deps test-deps venv lint
+	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,26 @@
+#!/bin/bash
+# Install the Debian packages Bramble needs; skips apt entirely when all are present.
+#   install-deps.sh runtime   what `make up` needs
+#   install-deps.sh test      what `make test` needs on top
+set -euo pipefail
+runtime=(python3-venv qemu-system-x86 qemu-utils ovmf busybox-static cpio gzip xz-utils zstd curl ca-certificates
+         debian-archive-keyring)
+test=(qemu-system-arm qemu-efi-aarch64 qemu-system-misc qemu-system-mips qemu-system-ppc procps)
+case "${1:-runtime}" in
+  runtime) want=("${runtime[@]}") ;;
+  test) want=("${runtime[@]}" "${test[@]}") ;;
+  *) echo "usage: $0 runtime|test" >&2; exit 2 ;;
+esac
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "bramble: need root to install: ${missing[*]}" >&2
+  exit 1
+fi
+echo "+ apt-get install ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

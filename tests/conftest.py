@@ -1,0 +1,49 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bramble.api.app import create_app
+from bramble.config import Settings
+from bramble.daemon import Services, build_services
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def fake_settings(state_dir: Path, **overrides: object) -> Settings:
+    """An all-in-one configuration on fake drivers: fast, no QEMU, no root needed."""
+    values: dict[str, object] = {
+        "state_dir": state_dir,
+        "node_name": "node-1",
+        "compute": {"driver": "fake", "stop_timeout_seconds": 1},
+        "storage": {"driver": "fake"},
+        "agent": {"reconcile_interval_seconds": 3600, "heartbeat_seconds": 3600},
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[Services]:
+    svc = await build_services(fake_settings(tmp_path / "state"))
+    try:
+        yield svc
+    finally:
+        await svc.close()
+
+
+@pytest.fixture
+async def api(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the real app, in-process, authenticated as the admin."""
+    transport = httpx.ASGITransport(app=create_app(services.cloud))
+    headers = {"Authorization": f"Bearer {services.admin_token}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://bramble.test", headers=headers) as client:
+        yield client
