@@ -240,10 +240,13 @@ class Agent:
         async with self._lock(vm_id):
             await self.compute.stop(vm_id, force=True)
             await self.compute.cleanup(vm_id)
+            # The console log outlives a stop but not a delete. Only a regular file is
+            # removed: a driver without logs may point at a device such as /dev/null.
             console = Path(self.compute.console_path(vm_id))
-            console.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                console.parent.rmdir()
+            if console.is_file() and not console.is_symlink():
+                console.unlink()
+                with contextlib.suppress(OSError):
+                    console.parent.rmdir()
         self._locks.pop(vm_id, None)
         self._restart_failures.pop(vm_id, None)
 
