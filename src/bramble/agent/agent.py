@@ -118,9 +118,13 @@ class Agent:
     async def _adopt(self) -> None:
         known = await self.control.known_vm_ids(self.node)
         for runtime in await self.compute.adopt():
+            alive = runtime.state in (PowerState.RUNNING, PowerState.PAUSED)
             if runtime.vm_id in known:
-                await self.control.report_vm_state(self.node, runtime)
-            elif runtime.state in (PowerState.RUNNING, PowerState.PAUSED):
+                # A process that died while we were away tells us nothing about why: it is
+                # not a guest shutdown, so leave it to the reconcile pass to start again.
+                if alive:
+                    await self.control.report_vm_state(self.node, runtime)
+            elif alive:
                 # The database no longer has this VM (deleted while we were down): reap it.
                 await self.compute.stop(runtime.vm_id, force=True)
                 await self.compute.cleanup(runtime.vm_id)
