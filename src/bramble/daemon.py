@@ -109,8 +109,8 @@ async def ensure_admin_token(cloud: Cloud, path: Path) -> str | None:
     return token
 
 
-async def build_services(settings: Settings) -> Services:
-    """Everything brambled runs, wired together (tests use this too)."""
+async def build_services(settings: Settings, compute: ComputeDriver | None = None) -> Services:
+    """Everything brambled runs, wired together (tests use this too, with their own driver)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database.connect(settings.effective_database_url)
     await upgrade(db)
@@ -126,7 +126,7 @@ async def build_services(settings: Settings) -> Services:
         node = settings.node_name or socket.gethostname()
         agent = Agent(
             node,
-            make_compute(settings, accel),
+            compute or make_compute(settings, accel),
             storage,
             cloud.nodes,
             accel=accel,
