@@ -66,9 +66,9 @@ def qemu_pids(state_dir: Path) -> dict[int, str]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"qemu-system" in argv[0] and any(str(state_dir).encode() in a for a in argv):
-            if pid_alive(int(proc.name)):
-                found[int(proc.name)] = b" ".join(argv).decode(errors="replace")
+        ours = b"qemu-system" in argv[0] and any(str(state_dir).encode() in a for a in argv)
+        if ours and pid_alive(int(proc.name)):
+            found[int(proc.name)] = b" ".join(argv).decode(errors="replace")
     return found
 
 
@@ -91,9 +91,13 @@ class Daemon:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bramble.daemon", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
                 start_new_session=True,
             )
+
         def healthy() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -102,6 +106,7 @@ class Daemon:
                 return httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
+
         wait_for(healthy, 60, "brambled to answer /v1/health")
         self.token = (self.state_dir / "admin.token").read_text().strip()
 
@@ -156,9 +161,9 @@ def daemon(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Daemon]:
     config = tmp_path / "brambled.toml"
     config.write_text(
         f'state_dir = "{state}"\nnode_name = "e2e-node"\n'
-        f'[api]\nport = {port}\n'
+        f"[api]\nport = {port}\n"
         '[compute]\naccel = "tcg"\nstop_timeout_seconds = 10\n'
-        '[agent]\nreconcile_interval_seconds = 2\n'
+        "[agent]\nreconcile_interval_seconds = 2\n"
     )
     d = Daemon(state_dir=state, port=port, config=config, log=tmp_path / "brambled.log")
     d.start()

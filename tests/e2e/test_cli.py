@@ -36,8 +36,20 @@ def refused(daemon: Daemon, *args: str, words: str) -> None:
 def test_user_session(daemon: Daemon, guests: dict[str, Path]) -> None:
     guest = guests["x86_64"]
     run(
-        daemon, "image", "import", str(guest / "disk.qcow2"), "--name", "tiny", "--arch", "amd64",
-        "--kernel", str(guest / "kernel"), "--initrd", str(guest / "initrd.gz"), "--cmdline", "quiet panic=-1",
+        daemon,
+        "image",
+        "import",
+        str(guest / "disk.qcow2"),
+        "--name",
+        "tiny",
+        "--arch",
+        "amd64",
+        "--kernel",
+        str(guest / "kernel"),
+        "--initrd",
+        str(guest / "initrd.gz"),
+        "--cmdline",
+        "quiet panic=-1",
     )
     image = json.loads(run(daemon, "image", "show", "tiny", "--json").stdout)
     assert image["status"] == "active" and image["arch"] == "x86_64" and image["has_kernel"]
@@ -57,8 +69,21 @@ def test_user_session(daemon: Daemon, guests: dict[str, Path]) -> None:
 
     refused(daemon, "vm", "create", "v2", "--image", "nope", "--flavor", "small", words="image 'nope' not found")
     refused(daemon, "vm", "create", "v1", "--image", "tiny", "--flavor", "small", words="already exists")
-    refused(daemon, "vm", "create", "v3", "--image", "tiny", "--cpus", "1", "--memory", "0", "--disk-size", "1",
-            words="memory")
+    refused(
+        daemon,
+        "vm",
+        "create",
+        "v3",
+        "--image",
+        "tiny",
+        "--cpus",
+        "1",
+        "--memory",
+        "0",
+        "--disk-size",
+        "1",
+        words="memory",
+    )
     refused(daemon, "vm", "create", "v4", "--image", "tiny", "--flavor", "small", "--arch", "vax", words="vax")
     refused(daemon, "image", "delete", "tiny", words="v1")
     refused(daemon, "vm", "pause", "ghost", words="not found")

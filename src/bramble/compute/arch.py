@@ -27,6 +27,8 @@ class ArchProfile:
     debian_arch: str = ""
     uefi_code: str | None = None  # pflash firmware for UEFI boot, when the arch has one
     kvm_capable_hosts: tuple[str, ...] = field(default=())
+    scsi_controller: str = "virtio-scsi-pci"  # holds scsi-cd drives
+    display_device: str | None = None  # added only with VNC (we run -nodefaults)
 
 
 ARCH_PROFILES: dict[str, ArchProfile] = {
@@ -46,6 +48,7 @@ ARCH_PROFILES: dict[str, ArchProfile] = {
             debian_arch="amd64",
             uefi_code="/usr/share/OVMF/OVMF_CODE_4M.fd",
             kvm_capable_hosts=("x86_64",),
+            display_device="VGA",
         ),
         ArchProfile(
             name="aarch64",
@@ -61,6 +64,7 @@ ARCH_PROFILES: dict[str, ArchProfile] = {
             debian_arch="arm64",
             uefi_code="/usr/share/AAVMF/AAVMF_CODE.fd",
             kvm_capable_hosts=("aarch64",),
+            display_device="virtio-gpu-pci",
         ),
         ArchProfile(
             name="armv7",
@@ -74,6 +78,7 @@ ARCH_PROFILES: dict[str, ArchProfile] = {
             min_memory_mib=128,
             aliases=("armhf", "armv7l", "arm"),
             debian_arch="armhf",
+            display_device="virtio-gpu-pci",
         ),
         ArchProfile(
             name="riscv64",
@@ -87,6 +92,7 @@ ARCH_PROFILES: dict[str, ArchProfile] = {
             min_memory_mib=128,
             firmware=("-bios", "default"),  # OpenSBI bundled with qemu-system-data
             debian_arch="riscv64",
+            display_device="virtio-gpu-pci",
         ),
         ArchProfile(
             name="mips",
@@ -100,6 +106,7 @@ ARCH_PROFILES: dict[str, ArchProfile] = {
             min_memory_mib=64,
             aliases=("mipsel",),
             debian_arch="mipsel",
+            display_device="cirrus-vga",
         ),
         ArchProfile(
             name="mips64el",
@@ -113,6 +120,7 @@ ARCH_PROFILES: dict[str, ArchProfile] = {
             min_memory_mib=128,
             aliases=("mips64",),
             debian_arch="mips64el",
+            display_device="cirrus-vga",
         ),
         ArchProfile(
             name="ppc64le",
@@ -128,6 +136,7 @@ ARCH_PROFILES: dict[str, ArchProfile] = {
             extra_args=("-nodefaults",),  # no VGA/USB for firmware to scan
             aliases=("ppc64el",),
             debian_arch="ppc64el",
+            display_device="VGA",
         ),
         ArchProfile(
             name="s390x",
@@ -140,6 +149,8 @@ ARCH_PROFILES: dict[str, ArchProfile] = {
             cdrom_device="scsi-cd",
             min_memory_mib=256,
             debian_arch="s390x",
+            scsi_controller="virtio-scsi-ccw",
+            display_device="virtio-gpu-ccw",
         ),
     )
 }

@@ -53,7 +53,8 @@ async def test_failed_start_leaves_nothing_behind(api: httpx.AsyncClient, servic
     await make_image(api)
     compute = services.agent.compute  # type: ignore[union-attr]
     compute.fail_start["broken"] = "qemu-system-x86_64: could not load kernel '/nope'"  # type: ignore[attr-defined]
-    response = await api.post("/v1/vms", json={"name": "broken", "image": "tiny", "cpus": 1, "memory_mib": 128, "disk_gib": 1})
+    body = {"name": "broken", "image": "tiny", "cpus": 1, "memory_mib": 128, "disk_gib": 1}
+    response = await api.post("/v1/vms", json=body)
     assert response.status_code == 202
     op = await wait_operation(api, response.json()["operation"]["id"])
     assert op["status"] == "failed"
