@@ -124,7 +124,8 @@ APTO=(-o Dir::Cache::pkgcache=pkgcache.bin -o Dir::Cache::srcpkgcache=srcpkgcach
 
 apt_update() {
   say "apt-get update (private lists in $A/lists, mirror $MIRROR)"
-  apt-get "${APTO[@]}" -qq update || die "apt-get update failed (mirror $MIRROR)"
+  # --error-on=any: a mirror that cannot be reached is an error, not a warning
+  apt-get "${APTO[@]}" -qq --error-on=any update || die "apt-get update failed (mirror $MIRROR)"
   touch "$A/lists/.fresh"
 }
 if [ ! -f "$A/lists/.fresh" ] || [ "${BRAMBLE_GUEST_REFRESH:-0}" = 1 ]; then
@@ -136,14 +137,14 @@ resolve_kernel() {
   apt-cache "${APTO[@]}" depends "$META:$DARCH" 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/{print $2; exit}' | sed 's/:.*//'
 }
-KPKG=$(resolve_kernel)
+KPKG=$(resolve_kernel || true)
 if [ -z "$KPKG" ]; then
   apt_update
-  KPKG=$(resolve_kernel)
+  KPKG=$(resolve_kernel || true)
 fi
 [ -n "$KPKG" ] || die "cannot resolve $META for $DARCH from $MIRROR"
 
-candidate() { apt-cache "${APTO[@]}" policy "$1" 2>/dev/null | awk '/Candidate:/{print $2; exit}'; }
+candidate() { apt-cache "${APTO[@]}" policy "$1" 2>/dev/null | awk '/Candidate:/{print $2; exit}' || true; }
 
 # pkg:arch -> path of the cached .deb (downloads when missing)
 fetch() {
@@ -213,8 +214,9 @@ if [ "$acpid" = on ] && ls /dev/input/event* >/dev/null 2>&1; then
   acpid -f -c /etc/acpi &
   pid=$!
   # report "up" only once acpid holds the input devices, or a powerdown could be lost
+  # (up to ~30 s: a busy TCG host can be that slow)
   i=0
-  while [ $i -lt 100 ] && [ -d /proc/$pid ] && ! ls -l /proc/$pid/fd | grep -q /dev/input/event; do
+  while [ $i -lt 600 ] && [ -d /proc/$pid ] && ! ls -l /proc/$pid/fd | grep -q /dev/input/event; do
     sleep 0.05
     i=$((i + 1))
   done

@@ -89,8 +89,10 @@ def _exited(pidfd: int) -> bool:
 def open_verified_pid(pid: int, vm_id: str) -> int | None:
     """A pidfd for ``pid`` if it is a live QEMU whose command line names ``vm_id``, else None.
 
-    The pidfd is opened before /proc is read and liveness is re-checked afterwards, so
-    the command line we checked is that of the process the pidfd refers to.
+    "Names" means a path argument with ``/<vm_id>/`` in it (the VM's runtime directory),
+    so short ids cannot match by accident. The pidfd is opened before /proc is read and
+    liveness is re-checked afterwards, so the command line we checked is that of the
+    process the pidfd refers to.
     """
     try:
         pidfd = os.pidfd_open(pid)
@@ -102,7 +104,8 @@ def open_verified_pid(pid: int, vm_id: str) -> int | None:
         os.close(pidfd)
         return None
     is_qemu = bool(args) and os.path.basename(args[0]).startswith(b"qemu-system")
-    names_vm = any(vm_id.encode() in arg for arg in args)
+    needle = f"/{vm_id}/".encode()
+    names_vm = any(needle in arg for arg in args)
     if not (is_qemu and names_vm) or _exited(pidfd):
         os.close(pidfd)
         return None
@@ -114,6 +117,18 @@ def _read_pid(pidfile: Path) -> int | None:
         return int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _last_line(path: Path, offset: int) -> str:
+    """The last non-empty console line written after ``offset`` (what the guest said last)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(offset, path.stat().st_size - 4096))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 def _unlink(path: Path) -> None:
@@ -277,17 +292,20 @@ class QemuDriver(ComputeDriver):
             raise
         finally:
             loop.remove_reader(vm.pidfd)
-        # the SHUTDOWN event may still sit in the socket: read up to qemu's end of file
-        if vm.qmp is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2):
-                    while vm.qmp.runstate == Runstate.RUNNING:
-                        await vm.qmp.runstate_changed()
-        if events is not None and vm.listener is not None:
-            await vm.listener.put({"event": _EXIT_EVENT})
-            await asyncio.wait({events}, timeout=10)
-            events.cancel()
-        await self._release(vm)
+        try:
+            # the SHUTDOWN event may still sit in the socket: read up to qemu's end of file
+            if vm.qmp is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        while vm.qmp.runstate == Runstate.RUNNING:
+                            await vm.qmp.runstate_changed()
+            if events is not None and vm.listener is not None:
+                await vm.listener.put({"event": _EXIT_EVENT})
+                await asyncio.wait({events}, timeout=10)
+                events.cancel()
+            await self._release(vm)
+        except Exception:
+            log.exception("vm %s: error while recording the exit of qemu (pid %d)", vm.vm_id, vm.pid)
         final = self._exit_runtime(vm)
         vm.final = final
         vm.state = final.state
@@ -393,6 +411,10 @@ class QemuDriver(ComputeDriver):
 
         paths.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._remove_runtime_files(paths)
+        try:
+            console_start = paths.console_log.stat().st_size
+        except FileNotFoundError:
+            console_start = 0
         record = {**dataclasses.asdict(spec), "arch": canonical_arch(spec.arch), "accel": accel}
         record |= {"argv": argv, "started_at": time.time()}
         tmp = paths.spec_file.with_suffix(".tmp")
@@ -428,14 +450,19 @@ class QemuDriver(ComputeDriver):
             log.warning("vm %s: qemu: %s", spec.vm_id, stderr)
 
         vm = await self._attach(spec.vm_id)
-        if vm is None:
-            self._remove_runtime_files(paths)
-            raise ComputeError("qemu exited right after starting; see the console log")
-        if vm.qmp is None:
+        gone = vm is None or vm.exited.is_set() or vm.pidfd < 0 or _exited(vm.pidfd)
+        if vm is not None and vm.qmp is None and not gone:
             await self._kill(vm)
             await self._wait_done(vm, 10)
             self._remove_runtime_files(paths)
             raise ComputeError(f"cannot connect to qemu's QMP socket {paths.qmp_socket}")
+        if vm is None or vm.qmp is None:
+            # the guest ended at once (e.g. nothing to boot): qemu itself started fine
+            if vm is not None:
+                await self._wait_done(vm, 10)
+            self._remove_runtime_files(paths)
+            last = _last_line(paths.console_log, console_start)
+            raise ComputeError("qemu exited right after starting" + (f"; the console said: {last}" if last else ""))
         return self._runtime(vm, "started")
 
     async def _kill_stray(self, paths: RuntimePaths, vm_id: str) -> None:
