@@ -11,6 +11,7 @@ import pytest
 from bramble.api.app import create_app
 from bramble.config import Settings
 from bramble.daemon import Services, build_services
+from tests.qemu_helpers import build_guests
 
 
 @pytest.fixture
@@ -47,3 +48,9 @@ async def api(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {services.admin_token}"}
     async with httpx.AsyncClient(transport=transport, base_url="http://bramble.test", headers=headers) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def guests() -> dict[str, Path]:
+    """Tiny Debian guests (cloud kernel + busybox initramfs), built once and cached."""
+    return build_guests()

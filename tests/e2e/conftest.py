@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,55 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-GUEST_CACHE = Path(os.environ.get("BRAMBLE_GUEST_CACHE", "/var/cache/bramble/guests"))
-MARKER = "BRAMBLE-GUEST-UP"
+from tests.qemu_helpers import MARKER, pid_alive, qemu_pids, wait_for
+
+__all__ = ["MARKER", "Daemon", "pid_alive", "qemu_pids", "wait_for"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(predicate, deadline: float, what: str, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline} s waiting for {what}")
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    with contextlib.suppress(FileNotFoundError):
-        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            return False
-    return True
-
-
-def qemu_pids(state_dir: Path) -> dict[int, str]:
-    """pid -> command line of every live QEMU process whose arguments name this state dir."""
-    found: dict[int, str] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ours = b"qemu-system" in argv[0] and any(str(state_dir).encode() in a for a in argv)
-        if ours and pid_alive(int(proc.name)):
-            found[int(proc.name)] = b" ".join(argv).decode(errors="replace")
-    return found
 
 
 @dataclass
@@ -137,20 +95,6 @@ def kill_qemus(state_dir: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not qemu_pids(state_dir), 20, "QEMU processes to exit")
-
-
-@pytest.fixture(scope="session")
-def guests() -> dict[str, Path]:
-    """Tiny guests (Debian cloud kernel + busybox initramfs), built once and cached."""
-    missing = [b for b in ("qemu-system-x86_64", "qemu-system-aarch64", "qemu-img") if not shutil.which(b)]
-    if missing:
-        pytest.skip(f"QEMU not installed ({', '.join(missing)}); run make test-deps")
-    out = {}
-    for arch in ("x86_64", "aarch64"):
-        target = GUEST_CACHE / arch
-        subprocess.run([str(REPO / "scripts" / "build-guest.sh"), arch, str(target)], check=True)
-        out[arch] = target
-    return out
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def _create_and_fail(daemon: Daemon, image: str) -> str:
         events = api.get("/v1/events", params={"target": "vm/doomed"}).json()
         assert events[-1]["outcome"] == "failed"
     assert list((daemon.state_dir / "disks").iterdir()) == []
-    assert qemu_pids(daemon.state_dir) == {}
+    assert qemu_pids(daemon.state_dir) == set()
     run = daemon.state_dir / "run"
     assert not run.exists() or not any(p.name.endswith((".sock", ".pid")) for p in run.rglob("*"))
     return str(op["error"])

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import uuid
@@ -19,39 +18,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.qemu_helpers import qemu_pids
 
 from bramble.compute.driver import DiskAttachment, VmRuntime, VmSpec
 from bramble.compute.qemu.driver import QemuDriver, open_verified_pid
-
-REPO = Path(__file__).resolve().parents[3]
-GUEST_CACHE = Path(os.environ.get("BRAMBLE_GUEST_CACHE", "/var/cache/bramble/guests"))
-ARCHES = ("x86_64", "aarch64")
-BINARIES = ("qemu-system-x86_64", "qemu-system-aarch64", "qemu-img")
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a running process; a zombie is dead for our purposes."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def qemu_pids(text: str) -> set[int]:
-    """Live QEMU processes whose command line contains ``text`` (a vm id or a directory)."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        is_qemu = os.path.basename(argv[0]).startswith(b"qemu-system")
-        if is_qemu and any(text.encode() in a for a in argv) and pid_alive(int(proc.name)):
-            found.add(int(proc.name))
-    return found
 
 
 def kill_vm_processes(runtime_dir: Path) -> None:
@@ -78,27 +48,6 @@ def kill_vm_processes(runtime_dir: Path) -> None:
     end = time.monotonic() + 20
     while qemu_pids(str(runtime_dir)) and time.monotonic() < end:
         time.sleep(0.05)
-
-
-@pytest.fixture(scope="session")
-def guests() -> dict[str, Path]:
-    """Tiny x86_64 and aarch64 guests, built (or found up to date) in the guest cache."""
-    missing = [b for b in BINARIES if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"QEMU not installed ({', '.join(missing)})")
-    built = {}
-    for arch in ARCHES:
-        target = GUEST_CACHE / arch
-        result = subprocess.run(
-            [str(REPO / "scripts" / "build-guest.sh"), arch, str(target)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"build-guest.sh {arch} failed:\n{result.stdout}\n{result.stderr}")
-        built[arch] = target
-    return built
 
 
 @pytest.fixture
