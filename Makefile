@@ -4,15 +4,14 @@
 SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 STATE_DIR ?= /var/lib/bramble
-export BRAMBLE_STATE_DIR := $(STATE_DIR)
 
 .PHONY: up down test lint deps venv test-deps demo-image clean-venv
 
 up: deps venv
-	@scripts/up.sh
+	@BRAMBLE_STATE_DIR=$(STATE_DIR) scripts/up.sh
 
 down:
-	@scripts/down.sh
+	@BRAMBLE_STATE_DIR=$(STATE_DIR) scripts/down.sh
 
 deps:
 	@scripts/install-deps.sh runtime

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,18 @@ from bramble.api.app import create_app
 from bramble.config import Settings
 from bramble.daemon import Services, build_services
 from tests.qemu_helpers import build_guests
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_bramble_environment() -> Iterator[None]:
+    """The developer's BRAMBLE_* variables must not steer tests to their real state dir."""
+    saved = {
+        key: os.environ.pop(key)
+        for key in list(os.environ)
+        if key.startswith("BRAMBLE_") and key != "BRAMBLE_GUEST_CACHE"
+    }
+    yield
+    os.environ.update(saved)
 
 
 @pytest.fixture
