@@ -110,8 +110,8 @@ def daemon(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Daemon]:
         "[agent]\nreconcile_interval_seconds = 2\n"
     )
     d = Daemon(state_dir=state, port=port, config=config, log=tmp_path / "brambled.log")
-    d.start()
     try:
+        d.start()
         yield d
     finally:
         d.stop()
