@@ -111,11 +111,17 @@ class NodeService:
         Nova; a QEMU process that died without a guest shutdown is restarted by the
         reconcile loop, because the user still wants it running.
         """
+        observed = _state_name(runtime.state)
+        pid = runtime.pid if observed in ("running", "paused") else None
+        async with self.deps.db.read() as session:
+            seen = (await session.execute(select(VmRow.state, VmRow.pid).where(VmRow.id == runtime.vm_id))).first()
+        # Most reports repeat what is known (every reconcile pass sends one): no write then.
+        if seen is None or seen.state in TRANSITIONAL or (seen.state == observed and seen.pid == pid):
+            return
         async with self.deps.db.write() as session:
             vm = await session.get(VmRow, runtime.vm_id)
             if vm is None or vm.state in TRANSITIONAL:
                 return
-            observed = _state_name(runtime.state)
             before = {"state": vm.state, "desired_state": vm.desired_state, "pid": vm.pid}
             if (
                 runtime.state is PowerState.STOPPED
@@ -123,7 +129,6 @@ class NodeService:
                 and not self.deps.runner.is_busy(f"vm/{vm.name}")
             ):
                 vm.desired_state = "stopped"
-            pid = runtime.pid if observed in ("running", "paused") else None
             reason = runtime.reason or vm.state_reason
             if runtime.state is PowerState.CRASHED:
                 vm.state_reason = reason or "QEMU exited unexpectedly"

@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from bramble.compute.arch import UnknownArch, canonical_arch, get_profile
 from bramble.compute.driver import ConsoleData, DiskAttachment, PowerState, VmRuntime, VmSpec
@@ -136,21 +138,9 @@ class VmService:
         return row, op_row
 
     async def _validate_and_insert(self, req: VmRequest) -> tuple[VmRow, ImageRow]:
-        settings = self.deps.settings
         async with self.deps.db.read() as session:
             image = await find_by_ref(session, ImageRow, req.image, "image")
             flavor = await find_by_ref(session, FlavorRow, req.flavor, "flavor") if req.flavor else None
-            nodes = list((await session.scalars(select(NodeRow))).all())
-            usage = {
-                node: (int(cpus or 0), int(mem or 0))
-                for node, cpus, mem in (
-                    await session.execute(
-                        select(VmRow.node, func.sum(VmRow.cpus), func.sum(VmRow.memory_mib))
-                        .where(VmRow.desired_state != "stopped")
-                        .group_by(VmRow.node)
-                    )
-                ).all()
-            }
         if image.status != "active":
             raise Conflict(f"image {image.name!r} is {image.status}, not active")
         cpus = req.cpus or (flavor.cpus if flavor else None)
@@ -170,28 +160,6 @@ class VmService:
         needed_gib = math.ceil((image.virtual_size_bytes or 0) / GIB)
         if image.format != "iso" and disk < needed_gib:
             raise Invalid(f"disk of {disk} GiB is smaller than image {image.name!r} ({needed_gib} GiB)")
-        capacities = [
-            NodeCapacity(
-                name=n.name,
-                arch=n.arch,
-                accel=n.accel,
-                cpus=n.cpus,
-                memory_mib=n.memory_mib,
-                used_cpus=usage.get(n.name, (0, 0))[0],
-                used_memory_mib=usage.get(n.name, (0, 0))[1],
-                up=True,
-            )
-            for n in nodes
-        ]
-        try:
-            node = place(
-                PlacementRequest(arch=arch, cpus=cpus, memory_mib=memory),
-                capacities,
-                cpu_overcommit=settings.compute.cpu_overcommit,
-                memory_overcommit=settings.compute.memory_overcommit,
-            )
-        except NoPlacement as exc:
-            raise NoCapacity(str(exc)) from None
         row = VmRow(
             id=str(uuid.uuid4()),
             name=req.name,
@@ -201,25 +169,72 @@ class VmService:
             disk_gib=disk,
             image_id=image.id,
             flavor_id=flavor.id if flavor else None,
-            node=node,
             desired_state="running" if req.start else "stopped",
             state="creating",
             created_at=utcnow(),
             updated_at=utcnow(),
         )
         try:
+            # Capacity, name and VNC display are decided in the same write transaction as
+            # the insert, so concurrent creates cannot all claim the same free memory.
             async with self.deps.db.write() as session:
                 if await session.scalar(select(VmRow.id).where(VmRow.name == req.name)):
                     raise Conflict(f"a VM named {req.name!r} already exists")
-                used = set((await session.scalars(select(VmRow.vnc_display))).all())
-                display = settings.compute.vnc_first_display
-                while display in used:
-                    display += 1
-                row.vnc_display = display
+                row.node = await self._place(session, arch, cpus, memory)
+                row.vnc_display = await self._free_vnc_display(session)
                 session.add(row)
         except IntegrityError:
             raise Conflict(f"a VM named {req.name!r} already exists") from None
         return row, image
+
+    async def _place(self, session: AsyncSession, arch: str, cpus: int, memory: int) -> str:
+        compute = self.deps.settings.compute
+        nodes = list((await session.scalars(select(NodeRow))).all())
+        usage = {
+            node: (int(used_cpus or 0), int(used_mem or 0))
+            for node, used_cpus, used_mem in (
+                await session.execute(
+                    select(VmRow.node, func.sum(VmRow.cpus), func.sum(VmRow.memory_mib))
+                    .where(VmRow.desired_state != "stopped")
+                    .group_by(VmRow.node)
+                )
+            ).all()
+        }
+        capacities = [
+            NodeCapacity(
+                name=n.name,
+                arch=n.arch,
+                accel=n.accel,
+                cpus=n.cpus,
+                memory_mib=n.memory_mib,
+                used_cpus=usage.get(n.name, (0, 0))[0],
+                used_memory_mib=usage.get(n.name, (0, 0))[1],
+            )
+            for n in nodes
+        ]
+        try:
+            return place(
+                PlacementRequest(arch=arch, cpus=cpus, memory_mib=memory),
+                capacities,
+                cpu_overcommit=compute.cpu_overcommit,
+                memory_overcommit=compute.memory_overcommit,
+            )
+        except NoPlacement as exc:
+            raise NoCapacity(str(exc)) from None
+
+    async def _free_vnc_display(self, session: AsyncSession) -> int:
+        """The lowest free display number, found with the unique index instead of a full scan."""
+        first = self.deps.settings.compute.vnc_first_display
+        if await session.scalar(select(VmRow.id).where(VmRow.vnc_display == first)) is None:
+            return first
+        taken = aliased(VmRow)
+        gap = await session.scalar(
+            select(func.min(VmRow.vnc_display + 1)).where(
+                VmRow.vnc_display >= first,
+                ~select(taken.id).where(taken.vnc_display == VmRow.vnc_display + 1).exists(),
+            )
+        )
+        return first if gap is None else int(gap)
 
     # ------------------------------------------------------------------ power actions
     async def act(self, ctx: RequestContext, ref: str, action: str, *, force: bool = False) -> OperationRow:

@@ -20,7 +20,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
-    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    # One writer connection: SQLite allows one writer anyway, and waiting for the pool is
+    # a fair queue, where a second connection would spin in SQLite's busy handler.
+    pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 120} if immediate else {}
+    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -48,6 +51,10 @@ class Database:
     writer: AsyncEngine
     reader: AsyncEngine
 
+    def __post_init__(self) -> None:
+        self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
+
     @classmethod
     def connect(cls, url: str) -> Database:
         if url.startswith("sqlite"):
@@ -62,14 +69,12 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A session whose transaction commits on success and rolls back on error."""
-        maker = async_sessionmaker(self.writer, expire_on_commit=False)
-        async with maker() as session, session.begin():
+        async with self._write_sessions() as session, session.begin():
             yield session
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        maker = async_sessionmaker(self.reader, expire_on_commit=False)
-        async with maker() as session:
+        async with self._read_sessions() as session:
             yield session
 
     async def dispose(self) -> None:
