@@ -153,8 +153,18 @@ class ImageService:
             row = await self.get(ref)
             if row.status != "queued":
                 raise Conflict(f"image {row.name!r} is {row.status}; parts can only be uploaded before activate")
+            limit = self.deps.settings.storage.max_image_bytes
+
+            async def bounded() -> AsyncIterator[bytes]:
+                received = 0
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if received > limit:
+                        raise Invalid(f"the {part} is larger than the limit of {limit} bytes (storage.max_image_bytes)")
+                    yield chunk
+
             try:
-                return await self.store.write_image(row.id, chunks, part=part)
+                return await self.store.write_image(row.id, bounded(), part=part)
             except StorageError as exc:
                 raise Invalid(str(exc)) from None
 

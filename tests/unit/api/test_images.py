@@ -60,3 +60,24 @@ async def test_openapi_describes_the_v1_api(api: httpx.AsyncClient) -> None:
     spec = (await api.get("/openapi.json")).json()
     assert {"/v1/vms", "/v1/images", "/v1/flavors", "/v1/events", "/v1/operations/{op_id}"} <= set(spec["paths"])
     assert (await api.get("/docs")).status_code == 200
+
+
+async def test_upload_over_the_limit_is_refused(tmp_path: Path) -> None:
+    from bramble.api.app import create_app
+    from bramble.daemon import build_services
+    from tests.conftest import fake_settings
+
+    services = await build_services(
+        fake_settings(tmp_path / "state", storage={"driver": "fake", "max_image_bytes": 1000})
+    )
+    try:
+        transport = httpx.ASGITransport(app=create_app(services.cloud))
+        headers = {"Authorization": f"Bearer {services.admin_token}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://b.test", headers=headers) as api:
+            assert (await api.post("/v1/images", json={"name": "big"})).status_code == 201
+            response = await api.put("/v1/images/big/data/disk", content=b"\0" * 4096)
+            assert response.status_code == 422
+            assert "larger than the limit" in response.json()["error"]["message"]
+            assert services.cloud.deps.image_store.images.get((await api.get("/v1/images/big")).json()["id"]) is None  # type: ignore[attr-defined]
+    finally:
+        await services.close()
