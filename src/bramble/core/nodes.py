@@ -114,9 +114,14 @@ class NodeService:
         observed = _state_name(runtime.state)
         pid = runtime.pid if observed in ("running", "paused") else None
         async with self.deps.db.read() as session:
-            seen = (await session.execute(select(VmRow.state, VmRow.pid).where(VmRow.id == runtime.vm_id))).first()
+            seen = (
+                await session.execute(select(VmRow.name, VmRow.state, VmRow.pid).where(VmRow.id == runtime.vm_id))
+            ).first()
         # Most reports repeat what is known (every reconcile pass sends one): no write then.
+        # While an operation works on the VM, it records the change itself, once.
         if seen is None or seen.state in TRANSITIONAL or (seen.state == observed and seen.pid == pid):
+            return
+        if self.deps.runner.is_busy(f"vm/{seen.name}"):
             return
         async with self.deps.db.write() as session:
             vm = await session.get(VmRow, runtime.vm_id)

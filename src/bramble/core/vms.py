@@ -178,6 +178,7 @@ class VmService:
             # Capacity, name and VNC display are decided in the same write transaction as
             # the insert, so concurrent creates cannot all claim the same free memory.
             async with self.deps.db.write() as session:
+                await self.deps.db.serialize(session, "vm-placement")
                 if await session.scalar(select(VmRow.id).where(VmRow.name == req.name)):
                     raise Conflict(f"a VM named {req.name!r} already exists")
                 row.node = await self._place(session, arch, cpus, memory)

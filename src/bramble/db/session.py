@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -76,6 +76,17 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read_sessions() as session:
             yield session
+
+    async def serialize(self, session: AsyncSession, topic: str) -> None:
+        """Make concurrent write transactions about ``topic`` take turns.
+
+        SQLite's BEGIN IMMEDIATE already admits one writer at a time. PostgreSQL runs
+        writers side by side, so decisions that read before they write (placement, the
+        next free VNC display) take a transaction-scoped advisory lock, which also holds
+        across several API nodes.
+        """
+        if not self.is_sqlite:
+            await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:topic))"), {"topic": topic})
 
     async def dispose(self) -> None:
         await self.writer.dispose()
