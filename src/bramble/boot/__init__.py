@@ -1,0 +1,1 @@
+"""Network-boot services (TFTP) that serve boot files to firmware."""

@@ -1,0 +1,371 @@
+"""The boot TFTP server against real clients (tftp-hpa, atftp, curl) and a codec-based client.
+
+Everything runs on 127.0.0.1 against a server started on port 0 by each test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from bramble.boot.tftp import TftpEvent, TftpServer
+from bramble.proto.tftp import (
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    OptionAck,
+    Packet,
+    ReadRequest,
+    WriteRequest,
+    decode,
+    encode,
+)
+
+pytestmark = [pytest.mark.anyio]
+
+BIG = 32 * 1024 * 1024  # at blksize 512 this is 65536 + 1 blocks: the block number wraps
+SMALL = 1024 * 1024
+HOST = "127.0.0.1"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def boot_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("tftp")
+    root = base / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "big.bin").write_bytes(os.urandom(BIG))
+    (root / "small.bin").write_bytes(os.urandom(SMALL))
+    (root / "sub" / "tiny.txt").write_bytes(b"x" * 4096)
+    (root / "text.cfg").write_bytes(b"line\nbare\rcr\r\n" * 100)
+    (base / "secret").write_bytes(b"outside the root")
+    (root / "escape").symlink_to(base / "secret")
+    (root / "inside-link").symlink_to(root / "sub" / "tiny.txt")
+    try:
+        yield root
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class Running:
+    def __init__(self, server: TftpServer, events: list[TftpEvent], out: Path) -> None:
+        self.server, self.events, self.out = server, events, out
+
+    async def event(self, count: int = 1, timeout: float = 10) -> TftpEvent:
+        """Wait (bounded) for the server to report `count` events; return the latest."""
+        with anyio.fail_after(timeout):
+            while len(self.events) < count:
+                await anyio.sleep(0.01)
+        return self.events[-1]
+
+
+async def _serve(root: Path, out: Path, **kwargs: object) -> AsyncIterator[Running]:
+    events: list[TftpEvent] = []
+    server = TftpServer(root, host=HOST, port=0, on_event=events.append, **kwargs)  # type: ignore[arg-type]
+    await server.start()
+    out.mkdir()
+    try:
+        yield Running(server, events, out)
+    finally:
+        await server.close()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture
+async def srv(boot_root: Path, tmp_path: Path) -> AsyncIterator[Running]:
+    async for running in _serve(boot_root, tmp_path / "out", initial_timeout=0.5, retries=3):
+        yield running
+
+
+@pytest.fixture
+async def fast_srv(boot_root: Path, tmp_path: Path) -> AsyncIterator[Running]:
+    """Short timeouts for tests that exercise retransmission and give-up paths."""
+    async for running in _serve(boot_root, tmp_path / "out", initial_timeout=0.1, retries=2):
+        yield running
+
+
+def _need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} is not installed (Debian package: {'tftp-hpa' if binary == 'tftp' else binary})")
+    return path
+
+
+async def _run_client(cmd: list[str], timeout: float = 40) -> float:
+    started = time.monotonic()
+    with anyio.fail_after(timeout):
+        result = await anyio.run_process(cmd, check=False)
+    assert result.returncode == 0, (cmd, result.stdout, result.stderr)
+    return time.monotonic() - started
+
+
+# -- a minimal codec-based client (blocking; run in a worker thread) --------------------------
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.settimeout(5)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, packet: Packet | bytes, addr: tuple[str, int] | None = None) -> None:
+        data = packet if isinstance(packet, bytes) else encode(packet)
+        self.sock.sendto(data, addr or (HOST, self.port))
+
+    def recv(self) -> tuple[Packet, tuple[str, int]]:
+        data, addr = self.sock.recvfrom(70000)
+        return decode(data), addr
+
+    def get(self, name: str, options: dict[str, str] | None = None, mode: str = "octet") -> bytes | Error:
+        """Lock-step download; returns the file (as sent on the wire) or the server's ERROR."""
+        self.send(ReadRequest(name, mode, options or {}))
+        blksize, expected, chunks = 512, 1, []
+        while True:
+            packet, addr = self.recv()
+            if isinstance(packet, Error):
+                return packet
+            if isinstance(packet, OptionAck):
+                blksize = int(packet.options.get("blksize", "512"))
+                self.send(Ack(0), addr)
+                continue
+            assert isinstance(packet, Data)
+            if packet.block == expected & 0xFFFF:
+                chunks.append(packet.data)
+                expected += 1
+            self.send(Ack(packet.block), addr)
+            if packet.block == (expected - 1) & 0xFFFF and len(packet.data) < blksize:
+                return b"".join(chunks)
+
+
+def _error_for(port: int, packet: Packet) -> Error:
+    with Client(port) as client:
+        client.send(packet)
+        reply, _ = client.recv()
+    assert isinstance(reply, Error), reply
+    return reply
+
+
+# -- real clients ---------------------------------------------------------------------------
+
+
+async def test_tftp_hpa_default_blksize_wraps_block_numbers(srv: Running, boot_root: Path) -> None:
+    tftp = _need("tftp")
+    out = srv.out / "big.bin"
+    seconds = await _run_client(
+        [tftp, HOST, str(srv.server.port), "-v", "-m", "binary", "-c", "get", "big.bin", str(out)]
+    )
+    assert _sha(out) == _sha(boot_root / "big.bin")
+    event = await srv.event()
+    assert (event.outcome, event.bytes_sent, event.blksize) == ("sent", BIG, 512)
+    print(f"tftp-hpa 32 MiB blksize 512: {seconds:.2f}s ({BIG / seconds / 1e6:.1f} MB/s)")
+
+
+async def test_atftp_with_blksize_and_windowsize(srv: Running, boot_root: Path) -> None:
+    atftp = _need("atftp")
+    out = srv.out / "big.bin"
+    port = str(srv.server.port)
+    cmd = [atftp, "--get", "-r", "big.bin", "-l", str(out), "--option", "blksize 1468", "--option", "windowsize 16"]
+    seconds = await _run_client([*cmd, HOST, port])
+    assert _sha(out) == _sha(boot_root / "big.bin")
+    event = await srv.event()
+    assert (event.outcome, event.bytes_sent, event.blksize, event.windowsize) == ("sent", BIG, 1468, 16)
+    print(f"atftp 32 MiB blksize 1468 windowsize 16: {seconds:.2f}s ({BIG / seconds / 1e6:.1f} MB/s)")
+
+
+async def test_curl_with_blksize(srv: Running, boot_root: Path) -> None:
+    curl = _need("curl")
+    out = srv.out / "big.bin"
+    url = f"tftp://{HOST}:{srv.server.port}/big.bin"
+    seconds = await _run_client([curl, "-s", "-S", url, "--tftp-blksize", "1468", "-o", str(out)])
+    assert _sha(out) == _sha(boot_root / "big.bin")
+    event = await srv.event()
+    assert (event.outcome, event.bytes_sent, event.blksize) == ("sent", BIG, 1468)
+    print(f"curl 32 MiB blksize 1468: {seconds:.2f}s ({BIG / seconds / 1e6:.1f} MB/s)")
+
+
+async def test_concurrent_downloads(srv: Running, boot_root: Path) -> None:
+    want = (boot_root / "small.bin").read_bytes()
+    results: list[bytes | Error] = []
+
+    def fetch(i: int) -> None:
+        with Client(srv.server.port) as client:
+            options = {"blksize": "1468"} if i % 2 else {}
+            results.append(client.get("small.bin", options))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(anyio.to_thread.run_sync, fetch, i)
+    assert len(results) == 8
+    assert all(result == want for result in results)
+    await srv.event(8)
+    assert [e.outcome for e in srv.events] == ["sent"] * 8
+    assert srv.server.stats["transfers_completed"] == 8
+    assert len({e.client for e in srv.events}) == 8
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/etc/passwd", "escape", "sub/../../secret", "sub"])
+async def test_paths_outside_the_root_are_access_violations(srv: Running, name: str) -> None:
+    reply = await anyio.to_thread.run_sync(_error_for, srv.server.port, ReadRequest(name))
+    assert reply.code is ErrorCode.ACCESS_VIOLATION
+    assert (await srv.event()).outcome == "denied"
+    assert srv.server.stats["errors_sent"] == 1
+
+
+async def test_symlink_inside_root_is_served(srv: Running, boot_root: Path) -> None:
+    with Client(srv.server.port) as client:
+        data = await anyio.to_thread.run_sync(client.get, "inside-link")
+    assert data == (boot_root / "sub" / "tiny.txt").read_bytes()
+
+
+async def test_missing_file_is_error_1(srv: Running) -> None:
+    reply = await anyio.to_thread.run_sync(_error_for, srv.server.port, ReadRequest("nope.bin"))
+    assert reply.code is ErrorCode.FILE_NOT_FOUND
+    assert (await srv.event()).outcome == "not_found"
+
+
+async def test_write_request_is_refused(srv: Running, boot_root: Path) -> None:
+    reply = await anyio.to_thread.run_sync(_error_for, srv.server.port, WriteRequest("new.bin"))
+    assert reply.code is ErrorCode.ACCESS_VIOLATION
+    assert not (boot_root / "new.bin").exists()
+
+
+async def test_oversized_file_is_refused(boot_root: Path, tmp_path: Path) -> None:
+    async for running in _serve(boot_root, tmp_path / "out", max_file_bytes=1000):
+        reply = await anyio.to_thread.run_sync(_error_for, running.server.port, ReadRequest("sub/tiny.txt"))
+        assert reply.code is ErrorCode.ACCESS_VIOLATION
+        assert (await running.event()).outcome == "denied"
+
+
+# -- robustness ------------------------------------------------------------------------------
+
+
+async def test_malformed_datagram_is_counted_and_server_keeps_serving(srv: Running, boot_root: Path) -> None:
+    def run() -> bytes | Error:
+        with Client(srv.server.port) as client:
+            client.send(b"\x00\x01no-terminator")
+            client.send(b"\xff\xff garbage")
+            return client.get("sub/tiny.txt")
+
+    assert await anyio.to_thread.run_sync(run) == (boot_root / "sub" / "tiny.txt").read_bytes()
+    assert srv.server.stats["malformed"] == 2
+    assert srv.server.stats["transfers_completed"] == 1
+
+
+async def test_tsize_probe_then_error_8_ends_quietly(srv: Running) -> None:
+    def run() -> Packet:
+        with Client(srv.server.port) as client:
+            client.send(ReadRequest("small.bin", "octet", {"tsize": "0", "blksize": "1468", "bogus": "1"}))
+            oack, addr = client.recv()
+            client.send(Error(ErrorCode.OPTION_REFUSED, "just probing"), addr)
+            return oack
+
+    oack = await anyio.to_thread.run_sync(run)
+    assert oack == OptionAck({"tsize": str(SMALL), "blksize": "1468"})
+    event = await srv.event()
+    assert (event.outcome, event.bytes_sent) == ("aborted", 0)
+    assert srv.server.stats["errors_sent"] == 0
+
+
+async def test_client_that_vanishes_after_oack_is_aborted_not_timeout(fast_srv: Running) -> None:
+    def run() -> Packet:
+        with Client(fast_srv.server.port) as client:
+            client.send(ReadRequest("small.bin", "octet", {"tsize": "0"}))
+            return client.recv()[0]
+
+    assert isinstance(await anyio.to_thread.run_sync(run), OptionAck)
+    assert (await fast_srv.event()).outcome == "aborted"
+
+
+async def test_retransmits_with_backoff_then_times_out(fast_srv: Running) -> None:
+    def run() -> list[float]:
+        with Client(fast_srv.server.port) as client:
+            client.send(ReadRequest("sub/tiny.txt"))
+            arrivals = []
+            for _ in range(3):  # the first send plus `retries` retransmissions, never acknowledged
+                packet, _ = client.recv()
+                assert packet == Data(1, b"x" * 512)
+                arrivals.append(time.monotonic())
+            return arrivals
+
+    arrivals = await anyio.to_thread.run_sync(run)
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert gaps[1] > gaps[0] * 1.2  # exponential backoff
+    assert (await fast_srv.event()).outcome == "timeout"
+
+
+async def test_unknown_tid_gets_error_5_and_transfer_continues(srv: Running, boot_root: Path) -> None:
+    def run() -> tuple[Packet, bytes]:
+        with Client(srv.server.port) as client, Client(srv.server.port) as intruder:
+            client.send(ReadRequest("sub/tiny.txt"))
+            first, tid = client.recv()
+            assert first == Data(1, b"x" * 512)
+            intruder.send(Ack(1), tid)
+            stray, _ = intruder.recv()
+            data = [b"x" * 512]
+            client.send(Ack(1), tid)
+            while True:
+                packet, _ = client.recv()
+                assert isinstance(packet, Data)
+                data.append(packet.data)
+                client.send(Ack(packet.block), tid)
+                if len(packet.data) < 512:
+                    return stray, b"".join(data)
+
+    stray, data = await anyio.to_thread.run_sync(run)
+    assert isinstance(stray, Error) and stray.code is ErrorCode.UNKNOWN_TID
+    assert data == (boot_root / "sub" / "tiny.txt").read_bytes()
+    assert (await srv.event()).outcome == "sent"
+
+
+async def test_window_resends_from_the_block_after_a_partial_ack(srv: Running, boot_root: Path) -> None:
+    def run() -> list[int]:
+        with Client(srv.server.port) as client:
+            client.send(ReadRequest("sub/tiny.txt", "octet", {"windowsize": "4"}))  # 4096 bytes = 8 blocks + 1
+            oack, tid = client.recv()
+            assert oack == OptionAck({"windowsize": "4"})
+            client.send(Ack(0), tid)
+            seen = [client.recv()[0] for _ in range(4)]
+            assert [p.block for p in seen if isinstance(p, Data)] == [1, 2, 3, 4]
+            client.send(Ack(2), tid)  # pretend block 3 was lost
+            blocks = []
+            for _ in range(4):
+                packet, _ = client.recv()
+                assert isinstance(packet, Data)
+                blocks.append(packet.block)
+            return blocks
+
+    assert await anyio.to_thread.run_sync(run) == [3, 4, 5, 6]
+
+
+async def test_netascii_is_translated(srv: Running) -> None:
+    def run() -> bytes | Error:
+        with Client(srv.server.port) as client:
+            return client.get("text.cfg", {"tsize": "0", "blksize": "64"}, mode="netascii")
+
+    assert await anyio.to_thread.run_sync(run) == b"line\r\nbare\r\0cr\r\0\r\n" * 100
+    assert (await srv.event()).blksize == 64
