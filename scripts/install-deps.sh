@@ -5,7 +5,7 @@
 set -euo pipefail
 runtime=(python3-venv qemu-system-x86 qemu-utils ovmf busybox-static cpio gzip xz-utils zstd curl ca-certificates
          debian-archive-keyring)
-test=(qemu-system-arm qemu-efi-aarch64 qemu-system-misc qemu-system-mips qemu-system-ppc procps tftp-hpa atftp postgresql-15)
+test=(qemu-system-arm qemu-efi-aarch64 qemu-system-misc qemu-system-mips qemu-system-ppc procps tftp-hpa atftp postgresql-15 busybox isc-dhcp-client iproute2)
 case "${1:-runtime}" in
   runtime) want=("${runtime[@]}") ;;
   test) want=("${runtime[@]}" "${test[@]}") ;;

@@ -272,6 +272,9 @@ async def test_malformed_datagram_is_counted_and_server_keeps_serving(srv: Runni
             return client.get("sub/tiny.txt")
 
     assert await anyio.to_thread.run_sync(run) == (boot_root / "sub" / "tiny.txt").read_bytes()
+    # The client is done once it has sent its last ACK; the server counts the transfer when
+    # that ACK arrives, so wait for the transfer's event before reading the counters.
+    assert (await srv.event()).outcome == "sent"
     assert srv.server.stats["malformed"] == 2
     assert srv.server.stats["transfers_completed"] == 1
 
