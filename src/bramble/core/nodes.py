@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from bramble.audit import store as audit
 from bramble.compute.driver import DesiredVm, HostFacts, PowerState, VmRuntime
 from bramble.core.deps import CoreDeps
-from bramble.core.vms import _state_name, vm_spec
+from bramble.core.vms import state_name, vm_spec
 from bramble.db.models import ImageRow, NodeRow, VmRow, utcnow
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class NodeService:
         Nova; a QEMU process that died without a guest shutdown is restarted by the
         reconcile loop, because the user still wants it running.
         """
-        observed = _state_name(runtime.state)
+        observed = state_name(runtime.state)
         pid = runtime.pid if observed in ("running", "paused") else None
         async with self.deps.db.read() as session:
             seen = (

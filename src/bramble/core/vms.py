@@ -19,7 +19,7 @@ from sqlalchemy.orm import aliased
 
 from bramble.compute.arch import UnknownArch, canonical_arch, get_profile
 from bramble.compute.driver import ConsoleData, DiskAttachment, PowerState, VmRuntime, VmSpec
-from bramble.core.context import RequestContext
+from bramble.core.context import SYSTEM, RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NoCapacity, NotFound
 from bramble.core.gateway import NodeGateway
@@ -317,7 +317,6 @@ class VmService:
 
     async def resume_interrupted_deletes(self) -> int:
         """At start-up: finish deletes that a daemon crash cut short; flag interrupted creates."""
-        from bramble.core.context import SYSTEM
 
         async with self.deps.db.write() as session:
             creating = list((await session.scalars(select(VmRow).where(VmRow.state == "creating"))).all())
@@ -354,7 +353,7 @@ class VmService:
     async def _apply_runtime(
         self, vm_id: str, runtime: VmRuntime, *, state: str | None = None, reason: str | None = None
     ) -> None:
-        observed = state or _state_name(runtime.state)
+        observed = state or state_name(runtime.state)
         values: dict[str, Any] = {
             "state": observed,
             "pid": runtime.pid if observed in ("running", "paused") else None,
@@ -371,7 +370,8 @@ class VmService:
                 await session.delete(row)
 
 
-def _state_name(state: PowerState) -> str:
+def state_name(state: PowerState) -> str:
+    """The VM state users see for a power state the driver reports (a crash reads as stopped)."""
     return {
         PowerState.RUNNING: "running",
         PowerState.PAUSED: "paused",
