@@ -48,6 +48,42 @@ class AgentSettings(_Section):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
 
 
+class BootInterfaceSettings(_Section):
+    """One provisioning interface: either we hand out addresses, or only the PXE answer."""
+
+    name: str = Field(min_length=1, max_length=15)
+    mode: Literal["authoritative", "proxy"] = "authoritative"
+    # The address clients reach us on; defaults to the interface's first IPv4 address.
+    server_ip: str | None = None
+    # Authoritative mode only.
+    subnet: str | None = None
+    range_start: str | None = None
+    range_end: str | None = None
+    router: str | None = None
+    dns: list[str] = []
+    domain: str | None = None
+    lease_seconds: int = Field(default=3600, ge=60)
+    # Send IPv6 router advertisements so iPXE does not wait ~13 s for one.
+    router_advertisements: bool = True
+
+
+class BootSettings(_Section):
+    """The `boot` role: DHCP/proxy-DHCP, TFTP, HTTP boot, syslog sink, Wake-on-LAN."""
+
+    interfaces: list[BootInterfaceSettings] = []
+    # Plain files, one per machine and per profile; may be a git repository.
+    inventory_dir: Path | None = None  # default: state_dir / "inventory"
+    # Boot loaders (undionly.kpxe, snponly.efi, ipxe.efi), kernels, initrds, images.
+    files_dir: Path | None = None  # default: state_dir / "boot-files"
+    tftp_port: int = Field(default=69, ge=0, le=65535)
+    http_port: int = Field(default=8471, ge=0, le=65535)
+    syslog_port: int = Field(default=514, ge=0, le=65535)
+    dhcp_port: int = Field(default=67, ge=0, le=65535)
+    # A released or expired address is not offered to another client for this long.
+    quarantine_seconds: float = Field(default=600.0, ge=0)
+    default_profile: str = "discovered"
+
+
 class Settings(BaseSettings):
     """Everything brambled reads at start-up."""
 
@@ -64,6 +100,7 @@ class Settings(BaseSettings):
     compute: ComputeSettings = ComputeSettings()
     storage: StorageSettings = StorageSettings()
     agent: AgentSettings = AgentSettings()
+    boot: BootSettings = BootSettings()
 
     @field_validator("state_dir")
     @classmethod
@@ -85,6 +122,14 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.state_dir / 'bramble.db'}"
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.boot.inventory_dir or self.state_dir / "inventory"
+
+    @property
+    def boot_files_path(self) -> Path:
+        return self.boot.files_dir or self.state_dir / "boot-files"
 
     @property
     def admin_token_path(self) -> Path:
