@@ -1,0 +1,111 @@
+"""High-volume observations (boot packets, syslog lines) written to the audit log in batches.
+
+A DHCP server answers thousands of packets a second; one write transaction per packet would make the
+database the bottleneck and stall the packet path. Observations are queued from plain callbacks and
+flushed in one transaction every ``flush_seconds`` or ``batch`` rows. If the queue overflows (the
+database is far behind), further observations are counted and dropped rather than blocking boots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+
+from bramble.db.models import EventRow, utcnow
+from bramble.db.session import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Observation:
+    actor: str
+    action: str
+    target: str
+    message: str
+    outcome: str = "ok"
+    details: dict[str, Any] | None = None
+    time: datetime = field(default_factory=utcnow)
+
+
+class ObservationLog:
+    """Queue observations from synchronous callbacks; a background task writes them in batches."""
+
+    def __init__(
+        self, db: Database, *, flush_seconds: float = 0.2, batch: int = 1000, max_queued: int = 100_000
+    ) -> None:
+        self._db = db
+        self._flush_seconds = flush_seconds
+        self._batch = batch
+        self._max_queued = max_queued
+        self._pending: list[Observation] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = {"observed": 0, "written": 0, "dropped": 0, "write_failures": 0}
+
+    def observe(self, observation: Observation) -> None:
+        """Never blocks and never raises: the packet path must not wait for the database."""
+        if len(self._pending) >= self._max_queued:
+            self.stats["dropped"] += 1
+            if self.stats["dropped"] in (1, 100, 10_000) or self.stats["dropped"] % 100_000 == 0:
+                log.warning("audit log is behind: %d observations dropped so far", self.stats["dropped"])
+            return
+        self.stats["observed"] += 1
+        self._pending.append(observation)
+        if len(self._pending) >= self._batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="observation-log")
+
+    async def flush(self) -> None:
+        """Write everything queued so far (tests and shutdown use this)."""
+        while self._pending:
+            rows, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+            try:
+                async with self._db.write() as session:
+                    await session.execute(
+                        insert(EventRow),
+                        [
+                            {
+                                "time": o.time,
+                                "actor": o.actor,
+                                "action": o.action,
+                                "target": o.target,
+                                "outcome": o.outcome,
+                                "message": o.message,
+                                "after": o.details,
+                            }
+                            for o in rows
+                        ],
+                    )
+                self.stats["written"] += len(rows)
+            except Exception:  # noqa: BLE001 - the audit writer must outlive a database hiccup
+                self.stats["write_failures"] += 1
+                log.exception("could not write %d observations to the audit log", len(rows))
+                return
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
+            self._wake.clear()
+            await self.flush()
