@@ -88,7 +88,7 @@ class ObservationLog:
                         ],
                     )
                 self.stats["written"] += len(rows)
-            except Exception:  # noqa: BLE001 - the audit writer must outlive a database hiccup
+            except Exception:  # the audit writer must outlive a database hiccup
                 self.stats["write_failures"] += 1
                 log.exception("could not write %d observations to the audit log", len(rows))
                 return
