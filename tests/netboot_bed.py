@@ -216,3 +216,118 @@ __all__ = [
     "netboot_bed",
     "pid_alive",
 ]
+
+
+VENV_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+
+
+def _bin(name: str) -> str:
+    local = VENV_BIN / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+@dataclass
+class BootDaemon:
+    """A real ``brambled`` with the ``api`` and ``boot`` roles, running inside the bed's namespace."""
+
+    bed: NetbootBed
+    proc: subprocess.Popen[bytes]
+    state_dir: Path
+    api_port: int
+    log: Path
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "admin.token").read_text().strip()
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run the ``bramble`` CLI inside the namespace against this daemon."""
+        env = {
+            **os.environ,
+            "BRAMBLE_URL": f"http://127.0.0.1:{self.api_port}",
+            "BRAMBLE_TOKEN": self.token,
+        }
+        return subprocess.run(
+            self.bed.exec_args(_bin("bramble"), *args), capture_output=True, text=True, timeout=timeout, env=env
+        )
+
+    def healthy(self) -> bool:
+        done = self.bed.run("curl", "-fsS", "-m", "2", f"http://127.0.0.1:{self.api_port}/v1/health", timeout=10)
+        return done.returncode == 0
+
+    def stop(self) -> None:
+        self.bed.stop(self.proc, timeout=20)
+
+
+def start_boot_daemon(
+    bed: NetbootBed,
+    state_dir: Path,
+    *,
+    files_dir: Path,
+    inventory_dir: Path,
+    mode: str = "authoritative",
+    extra_toml: str = "",
+    api_port: int = 8470,
+    timeout: float = 60,
+) -> BootDaemon:
+    """Write a config for br0 and start brambled; returns once its API answers."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    interface = f'name = "br0"\nmode = "{mode}"\nserver_ip = "{SERVER_IP}"\n'
+    if mode == "authoritative":
+        interface += f'subnet = "{SUBNET}"\nrange_start = "10.99.0.100"\nrange_end = "10.99.0.199"\n'
+    config = state_dir / "brambled.toml"
+    config.write_text(
+        f'state_dir = "{state_dir}"\nroles = ["api", "boot"]\n{extra_toml}\n'
+        f'[api]\nhost = "127.0.0.1"\nport = {api_port}\n'
+        f'[compute]\ndriver = "fake"\n[storage]\ndriver = "fake"\n'
+        f'[boot]\ninventory_dir = "{inventory_dir}"\nfiles_dir = "{files_dir}"\n'
+        f"[[boot.interfaces]]\n{interface}"
+    )
+    log = state_dir / "brambled.log"
+    proc = bed.spawn([_bin("brambled"), "--config", str(config)], log)
+    daemon = BootDaemon(bed, proc, state_dir, api_port, log)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"brambled exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        return daemon.healthy()
+
+    wait_for(up, deadline=timeout, interval=0.2, what="brambled's API in the namespace")
+    return daemon
+
+
+def start_dnsmasq_anchor(bed: NetbootBed, root: Path, http_port: int = 8080) -> None:
+    """The tuned dnsmasq of the netboot recipe (DHCP+TFTP, 175.176, no ping, RA) and python's
+    http.server: the anchor Bramble's boot role is measured against. Both run inside ``bed``."""
+    work = bed.workdir
+    (root / "boot.ipxe").write_text(
+        f"#!ipxe\nkernel http://{SERVER_IP}:{http_port}/vmlinuz console=ttyS0 quiet initrd=initrd.gz\n"
+        f"initrd http://{SERVER_IP}:{http_port}/initrd.gz\nboot\n"
+    )
+    (root / "boot.ipxe").chmod(0o644)
+    conf = work / "dnsmasq.conf"
+    conf.write_text(
+        "port=0\ninterface=br0\nbind-interfaces\n"
+        "dhcp-range=10.99.0.100,10.99.0.199,255.255.255.0,10m\n"
+        f"dhcp-leasefile={work}/dnsmasq.leases\nenable-tftp\ntftp-root={root}\n"
+        "dhcp-userclass=set:ipxe,iPXE\n"
+        "dhcp-match=set:efi64,option:client-arch,7\ndhcp-match=set:efi64,option:client-arch,9\n"
+        "dhcp-boot=tag:ipxe,boot.ipxe\ndhcp-boot=tag:!ipxe,undionly.kpxe\n"
+        "dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi\n"
+        "dhcp-option=tag:ipxe,encap:175,176,1b\nno-ping\n"
+        "enable-ra\ndhcp-range=fd99::,ra-only,64\n"
+    )
+    bed.spawn(
+        ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"],
+        work / "dnsmasq.log",
+    )
+    bed.spawn(
+        ["python3", "-m", "http.server", "--bind", SERVER_IP, "--directory", str(root), str(http_port)],
+        work / "http.log",
+    )
+
+    def listening() -> bool:
+        done = bed.run("curl", "-fsS", "-m", "2", "-o", "/dev/null", f"http://{SERVER_IP}:{http_port}/boot.ipxe")
+        return done.returncode == 0
+
+    wait_for(listening, deadline=20, interval=0.1, what="the anchor's HTTP server")
