@@ -65,6 +65,9 @@ class BootInterfaceSettings(_Section):
     lease_seconds: int = Field(default=3600, ge=60)
     # Send IPv6 router advertisements so iPXE does not wait ~13 s for one.
     router_advertisements: bool = True
+    # Hand NIC ROMs that are already iPXE our own iPXE loader first (ROMs too old for HTTP or
+    # scripts). The loader's own DHCP request then gets the script, so the chain still ends.
+    chainload_ipxe: bool = False
 
 
 class BootSettings(_Section):
