@@ -97,7 +97,7 @@ def key_line(text: str, key: str | None) -> int | None:
     """The line (1-based) where a top-level ``key = ...`` is set, for problems that name a field."""
     if not key:
         return None
-    pattern = re.compile(rf"^\s*(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')\s*=", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')[ \t]*=", re.MULTILINE)
     match = pattern.search(text)
     return text.count("\n", 0, match.start()) + 1 if match else None
 
