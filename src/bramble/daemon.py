@@ -23,6 +23,7 @@ import uvicorn
 from bramble import __version__
 from bramble.agent.agent import Agent
 from bramble.api.app import create_app
+from bramble.boot.inventory import Inventory
 from bramble.compute.driver import ComputeDriver
 from bramble.config import ConfigError, Settings, load_settings
 from bramble.core.cloud import Cloud
@@ -117,7 +118,10 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
     nodes = LocalNodes()
     storage = make_storage(settings)
     runner = OperationRunner(db)
-    cloud = Cloud(CoreDeps(db=db, runner=runner, settings=settings, nodes=nodes, image_store=storage))
+    inventory = Inventory(settings.inventory_path, settings.boot.default_profile)
+    cloud = Cloud(
+        CoreDeps(db=db, runner=runner, settings=settings, nodes=nodes, image_store=storage, inventory=inventory)
+    )
     await cloud.recover()
     token = await ensure_admin_token(cloud, settings.admin_token_path) if "api" in settings.roles else None
     agent = None

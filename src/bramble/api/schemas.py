@@ -168,3 +168,119 @@ class Node(BaseModel):
 class HealthInfo(BaseModel):
     status: str
     version: str
+
+
+# ---------------------------------------------------------------- bare-metal machines and boot profiles
+MAC_HELP = "MAC address, e.g. 52:54:00:12:34:56 (dashes, dots and bare hex are accepted)"
+
+
+class InventoryProblem(BaseModel):
+    """A file in the inventory that is skipped because it is wrong: fix it there."""
+
+    path: str
+    line: int | None = None
+    message: str
+
+
+class MachineCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_HELP)
+    mac: str = Field(min_length=1, max_length=32, description=MAC_HELP)
+    ip: str | None = Field(default=None, max_length=15, description="fixed IPv4 address handed out by DHCP")
+    hostname: str | None = Field(default=None, max_length=253)
+    arch: str = Field(default="x86_64", max_length=32)
+    profile: str | None = Field(default=None, max_length=63, description="boot profile; default: the default one")
+    notes: str = Field(default="", max_length=4096)
+    groups: list[str] = Field(default=[], max_length=64)
+    wake_at: list[str] = Field(default=[], max_length=64, description="power-on times: [DAYS] HH:MM, local time")
+    interface: str | None = Field(default=None, max_length=15, description="interface for Wake-on-LAN")
+    reason: str | None = Field(default=None, max_length=500, description="why (goes into the git commit)")
+
+
+class MachineUpdate(Strict):
+    """Only the fields sent are changed; send null to clear ip, hostname, profile or interface."""
+
+    mac: str | None = Field(default=None, min_length=1, max_length=32, description=MAC_HELP)
+    ip: str | None = Field(default=None, max_length=15)
+    hostname: str | None = Field(default=None, max_length=253)
+    arch: str | None = Field(default=None, max_length=32)
+    profile: str | None = Field(default=None, max_length=63)
+    notes: str | None = Field(default=None, max_length=4096)
+    groups: list[str] | None = Field(default=None, max_length=64)
+    wake_at: list[str] | None = Field(default=None, max_length=64)
+    interface: str | None = Field(default=None, max_length=15)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class Machine(BaseModel):
+    name: str
+    mac: str
+    ip: str | None = None
+    hostname: str | None = None
+    arch: str
+    profile: str | None = None  # as set in the file; None: the default profile
+    boot_profile: str  # what it boots now
+    notes: str = ""
+    groups: list[str] = []
+    wake_at: list[str] = []
+    interface: str | None = None
+    discovered: bool = False
+    path: str  # the file, relative to the inventory directory
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    # Set on replies to a change: the git commit made, or why none could be made.
+    commit: str | None = None
+    git_error: str | None = None
+
+
+class MachineList(BaseModel):
+    items: list[Machine]
+    problems: list[InventoryProblem] = []
+
+
+class WakeResult(BaseModel):
+    machine: str
+    mac: str
+    interface: str
+
+
+class ProfileCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_HELP)
+    kind: Literal["kernel", "ipxe", "local"]
+    kernel: str | None = Field(default=None, max_length=1024, description="path under the boot files dir, or URL")
+    initrd: list[str] = Field(default=[], max_length=16)
+    cmdline: str = Field(default="", max_length=4096)
+    transport: Literal["http", "tftp"] = "http"
+    template: str | None = Field(default=None, max_length=64 * 1024, description="iPXE script (Jinja2)")
+    description: str = Field(default="", max_length=500)
+    reason: str | None = Field(default=None, max_length=500, description="why (goes into the git commit)")
+
+
+class Profile(BaseModel):
+    name: str
+    kind: str  # kernel | ipxe | local
+    kernel: str | None = None
+    initrd: list[str] = []
+    cmdline: str = ""
+    transport: str = "http"
+    template: str | None = None
+    description: str = ""
+    builtin: bool = False
+    default: bool = False  # machines without a profile boot this one
+    used_by: list[str] = []
+    path: str | None = None  # None for a built-in without a file
+    commit: str | None = None
+    git_error: str | None = None
+
+
+class ProfileList(BaseModel):
+    items: list[Profile]
+    problems: list[InventoryProblem] = []
+
+
+class Removed(BaseModel):
+    """Reply to deleting a machine or profile: which file went, and its git commit."""
+
+    target: str  # machine/NAME | profile/NAME
+    path: str
+    commit: str | None = None
+    git_error: str | None = None

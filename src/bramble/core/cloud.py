@@ -9,6 +9,7 @@ from bramble.core.deps import CoreDeps
 from bramble.core.errors import Invalid, NotFound
 from bramble.core.flavors import FlavorService
 from bramble.core.images import ImageService
+from bramble.core.machines import MachineService, ProfileService
 from bramble.core.nodes import NodeService
 from bramble.core.tokens import TokenService
 from bramble.core.vms import VmService
@@ -22,6 +23,8 @@ class Cloud:
         self.flavors = FlavorService(deps)
         self.vms = VmService(deps)
         self.nodes = NodeService(deps)
+        self.machines = MachineService(deps)
+        self.profiles = ProfileService(deps)
         self.tokens = TokenService(deps.db)
 
     async def recover(self) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bramble.config import Settings
 from bramble.core.errors import NotFound
-from bramble.core.gateway import NodeDirectory
+from bramble.core.gateway import BootGateway, InventoryStore, NodeDirectory
 from bramble.core.operations import OperationRunner
 from bramble.db.session import Database
 from bramble.storage.driver import StorageDriver
@@ -25,6 +25,9 @@ class CoreDeps:
     settings: Settings
     nodes: NodeDirectory
     image_store: StorageDriver
+    # The bare-metal inventory (files) and the boot role; None when this daemon has neither.
+    inventory: InventoryStore | None = None
+    boot: BootGateway | None = None
 
 
 async def find_by_ref(session: AsyncSession, model: type[Row], ref: str, kind: str) -> Row:

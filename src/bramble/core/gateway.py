@@ -6,8 +6,9 @@ nodes it is an HTTP client to that node's agent. Core never imports the agent.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
+from bramble.boot.records import InventoryProblem, Machine, Profile, WriteResult
 from bramble.compute.driver import ConsoleData, VmRuntime, VmSpec
 from bramble.storage.driver import StoredDisk, StoredImage
 
@@ -36,3 +37,46 @@ class NodeGateway(Protocol):
 class NodeDirectory(Protocol):
     def gateway(self, node: str) -> NodeGateway:
         """The gateway to ``node``; raises LookupError for an unknown node."""
+
+
+class InventoryStore(Protocol):
+    """The bare-metal inventory as core sees it (``bramble.boot.inventory.Inventory`` is one).
+
+    Reads are cheap and in memory; writes touch files and may run git, so core calls them
+    in a worker thread.
+    """
+
+    default_profile: str
+
+    def machines(self) -> list[Machine]: ...
+
+    def machine(self, name: str) -> Machine | None: ...
+
+    def machine_by_mac(self, mac: str) -> Machine | None: ...
+
+    def profiles(self) -> list[Profile]: ...
+
+    def profile(self, name: str) -> Profile | None: ...
+
+    def profile_for(self, machine: Machine | None) -> Profile: ...
+
+    def machines_using(self, profile: str) -> list[str]: ...
+
+    def problems(self) -> list[InventoryProblem]: ...
+
+    def relative(self, kind: Literal["machines", "profiles", "groups"], name: str) -> str: ...
+
+    def put_machine(self, machine: Machine, *, actor: str, reason: str, request_id: str = "") -> WriteResult: ...
+
+    def remove_machine(self, name: str, *, actor: str, reason: str, request_id: str = "") -> WriteResult: ...
+
+    def put_profile(self, profile: Profile, *, actor: str, reason: str, request_id: str = "") -> WriteResult: ...
+
+    def remove_profile(self, name: str, *, actor: str, reason: str, request_id: str = "") -> WriteResult: ...
+
+
+class BootGateway(Protocol):
+    """The boot role's actions that core triggers (the role object implements it)."""
+
+    async def wake(self, mac: str, interface: str | None) -> str:
+        """Send a Wake-on-LAN magic packet; returns the interface it went out on."""
