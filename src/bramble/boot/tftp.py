@@ -1,30 +1,43 @@
-"""Read-only asyncio TFTP server for network boot (RFC 1350 + 2347/2348/2349/7440).
+"""Read-only TFTP server for network boot (RFC 1350 + 2347/2348/2349/7440).
 
 Firmware fetches kernels and initrds over TFTP, so the server must be fast on loopback-class
-links (windowed sends driven straight from datagram callbacks, no per-block task switches),
-never crash on hostile input, and never serve anything outside its root.
+links, never crash on hostile input, and never serve anything outside its root.
+
+Requests arrive on an asyncio datagram endpoint; every accepted RRQ is then served by its own
+thread on its own blocking UDP socket (the server's TID). A lock-step transfer is one receive
+and one send per block: a blocking thread makes exactly those two system calls, while an event
+loop adds a readiness poll, a scheduler pass and per-packet objects (about 4x the CPU per
+block). The GIL is released while a thread waits in ``recvfrom``, so transfers do not hold up
+each other or the loop. Everything a thread learns (counters, the final event) is handed back
+to the loop with ``call_soon_threadsafe``, so ``stats`` is only ever written on the loop.
+
+File data is read with ``preadv`` straight into buffers laid out as ready DATA packets
+(header, payload, header, payload, ...): sending a block is one slice and one ``sendto``, and a
+window of blocks is one ``sendmsg`` with UDP GSO where the kernel and route allow it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
+import socket
 import stat
+import struct
+import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, cast
+from typing import Any, BinaryIO, Literal
 
 from bramble.proto.tftp import (
     BLKSIZE_MAX,
     BLKSIZE_MIN,
     WINDOWSIZE_MAX,
     WINDOWSIZE_MIN,
-    Ack,
-    Data,
     Error,
     ErrorCode,
     Negotiated,
@@ -42,15 +55,27 @@ __all__ = ["Outcome", "TftpEvent", "TftpServer"]
 log = logging.getLogger(__name__)
 
 Outcome = Literal["sent", "not_found", "denied", "aborted", "timeout"]
-Address = tuple[str, int]
-_READ_CHUNK = 256 * 1024  # buffered file reads: large sequential reads, block-sized slices
+Address = tuple[Any, ...]  # (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6
+
+_SLAB_BYTES = 128 * 1024  # file data per buffer; two buffers per transfer
+_IOV_MAX = 1024  # Linux limit on iovecs per preadv
+_NETASCII_CHUNK = 64 * 1024
+_RECV_BYTES = 65536  # a whole datagram, so an oversized one is never silently truncated
+_MAX_TRANSFERS = 512  # concurrent transfers (threads); more RRQs get ERROR 0 until one ends
+_SOL_UDP, _UDP_SEGMENT = 17, 103  # <linux/udp.h>; socket.UDP_SEGMENT is not in Python 3.11
+_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES = 64, 65000  # kernel caps: UDP_MAX_SEGMENTS, one IP datagram
+# Errors meaning "GSO is not possible here" (no offload, segment above the route MTU, old
+# kernel), as opposed to a transient loss like ENOBUFS.
+_GSO_UNSUPPORTED = {errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE}
+_put_u16 = struct.Struct("!H").pack_into
+_gso_size = struct.Struct("=H").pack
 
 
 @dataclass(frozen=True)
 class TftpEvent:
     """One finished (or refused) request, small enough to become an audit event later."""
 
-    client: Address
+    client: tuple[str, int]
     filename: str
     outcome: Outcome
     bytes_sent: int
@@ -65,245 +90,413 @@ class _RequestRefused(Exception):
         self.code, self.message, self.outcome = code, message, outcome
 
 
-class _BlockReader:
-    """Yields the file as DATA payloads of exactly `blksize` bytes, the last one shorter.
+class _ReadFailed(Exception):
+    """The served file could not be read; the transfer ends with ERROR 0."""
 
-    netascii is translated on the fly (LF -> CR LF, CR -> CR NUL), so block boundaries do not
-    follow file offsets; we only ever move forward because unacknowledged blocks are kept by
-    the transfer's window.
+
+# -- file data -----------------------------------------------------------------------------------
+
+
+class _OctetSource:
+    """Fills block payload buffers from the file with preadv: no copies, one call per slab."""
+
+    def __init__(self, fd: int, size: int, blksize: int) -> None:
+        self._fd, self._size, self._blksize = fd, size, blksize
+
+    def read_blocks(self, payloads: list[memoryview], first_block: int) -> int:
+        """Fill `payloads` (one per block, in order) starting at zero-based block `first_block`.
+
+        Returns the bytes read; only the last filled block may be short. Stops at the size
+        measured at open, so the tsize we announced stays true if the file grows meanwhile.
+        """
+        blksize = self._blksize
+        offset = first_block * blksize
+        remaining = self._size - offset
+        got = 0
+        for start in range(0, len(payloads), _IOV_MAX):
+            want = min(remaining - got, min(_IOV_MAX, len(payloads) - start) * blksize)
+            if want <= 0:
+                break
+            count = -(-want // blksize)
+            chunk = payloads[start : start + count]
+            tail = want - (count - 1) * blksize
+            if tail < blksize:
+                chunk[-1] = chunk[-1][:tail]
+            n = os.preadv(self._fd, chunk, offset + got)
+            got += n
+            if n < want:  # the file shrank: end the transfer where the data ends
+                break
+        return got
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class _NetasciiSource:
+    """Translates LF -> CR LF and CR -> CR NUL on the fly (RFC 764), moving forward only.
+
+    Block boundaries do not follow file offsets, so `first_block` is ignored: the transfer
+    asks for slabs strictly in order.
     """
 
-    def __init__(self, fh: BinaryIO, blksize: int, limit: int, netascii: bool) -> None:
-        self._fh, self._blksize, self._left, self._netascii = fh, blksize, limit, netascii
-        self._buf, self._pos = b"", 0
+    def __init__(self, fh: BinaryIO, size: int) -> None:
+        self._fh, self._left = fh, size
+        self._pending = b""
 
-    def next_block(self) -> bytes:
-        if len(self._buf) - self._pos < self._blksize and self._left > 0:
-            chunks, have = [self._buf[self._pos :]], len(self._buf) - self._pos
-            while have < self._blksize and self._left > 0:
-                chunk = self._fh.read(min(_READ_CHUNK, self._left))
-                if not chunk:
-                    self._left = 0
-                    break
-                self._left -= len(chunk)
-                if self._netascii:
-                    chunk = chunk.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
-                chunks.append(chunk)
-                have += len(chunk)
-            # Slice by offset instead of trimming the buffer, which would copy it once per block.
-            self._buf, self._pos = b"".join(chunks), 0
-        block = self._buf[self._pos : self._pos + self._blksize]
-        self._pos += len(block)
-        return block
+    def read_blocks(self, payloads: list[memoryview], first_block: int) -> int:
+        wanted = sum(len(p) for p in payloads)
+        parts, have = [self._pending], len(self._pending)
+        while have < wanted and self._left > 0:
+            chunk = self._fh.read(min(_NETASCII_CHUNK, self._left))
+            if not chunk:
+                self._left = 0
+                break
+            self._left -= len(chunk)
+            chunk = chunk.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        self._pending = data[wanted:]
+        data = data[:wanted]
+        pos = 0
+        for payload in payloads:
+            piece = data[pos : pos + len(payload)]
+            payload[: len(piece)] = piece
+            pos += len(piece)
+            if len(piece) < len(payload):
+                break
+        return pos
 
     def close(self) -> None:
         self._fh.close()
+
+
+_Source = _OctetSource | _NetasciiSource
+
+
+class _Slabs:
+    """The file as ready DATA packets, `per_slab` blocks at a time, in two alternating buffers.
+
+    Block k (1-based and absolute, so rollover past 65535 is only an encoding detail) lives in
+    slab (k-1) // per_slab. Loading a slab overwrites the one two behind it; since per_slab >=
+    windowsize, the unacknowledged blocks of a window always stay in memory for resending.
+    """
+
+    def __init__(self, source: _Source, blksize: int, windowsize: int, known_size: int | None) -> None:
+        self.blksize = blksize
+        self.packet_size = blksize + 4
+        # Capped at IOV_MAX blocks so a tiny blksize cannot make thousands of views per transfer.
+        self.per_slab = max(windowsize, min(_SLAB_BYTES // blksize, _IOV_MAX), 1)
+        self._source = source
+        self.views: list[memoryview] = []
+        self._payloads: list[list[memoryview]] = []
+        for _ in range(2):
+            view = memoryview(bytearray(self.per_slab * self.packet_size))
+            for i in range(0, len(view), self.packet_size):
+                view[i : i + 2] = b"\x00\x03"
+            self.views.append(view)
+            self._payloads.append([view[i + 4 : i + self.packet_size] for i in range(0, len(view), self.packet_size)])
+        self._loaded = [-1, -1]
+        # The final block is the first one shorter than blksize (possibly empty). Known from the
+        # size for octet; found while reading for netascii (and if an octet file shrinks).
+        self.last_block: int | None = None
+        self.last_len = 0
+        if known_size is not None:
+            self.last_block, self.last_len = known_size // blksize + 1, known_size % blksize
+
+    def locate(self, block: int) -> tuple[memoryview, int, int]:
+        """(buffer, offset of the DATA packet, payload length) for block `block`."""
+        slab, index = divmod(block - 1, self.per_slab)
+        which = slab & 1
+        if self._loaded[which] != slab:
+            self._load(slab, which)
+        length = self.last_len if block == self.last_block else self.blksize
+        return self.views[which], index * self.packet_size, length
+
+    def _load(self, slab: int, which: int) -> None:
+        first = slab * self.per_slab
+        try:
+            got = self._source.read_blocks(self._payloads[which], first)
+        except OSError as exc:
+            raise _ReadFailed(str(exc)) from exc
+        full, short = divmod(got, self.blksize)
+        present = self.per_slab
+        if full < self.per_slab:
+            present = full + 1
+            end = first + full + 1
+            if self.last_block is None or end < self.last_block:
+                self.last_block, self.last_len = end, short
+        view, size = self.views[which], self.packet_size
+        for i in range(present):
+            _put_u16(view, i * size + 2, (first + i + 1) & 0xFFFF)
+        self._loaded[which] = slab
+
+    def bytes_through(self, block: int) -> int:
+        """Payload bytes in blocks 1..block."""
+        if block and block == self.last_block:
+            return (block - 1) * self.blksize + self.last_len
+        return block * self.blksize
+
+    def close(self) -> None:
+        self._source.close()
+
+
+# -- one transfer --------------------------------------------------------------------------------
+
+
+def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """SO_RCVTIMEO on a blocking socket: a timed wait with no poll() before each recvfrom."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", whole, int((seconds - whole) * 1e6)))
+
+
+class _Transfer:
+    """One RRQ served from its own socket (the server's TID) by its own thread."""
+
+    def __init__(
+        self,
+        server: TftpServer,
+        sock: socket.socket,
+        client: Address,
+        filename: str,
+        slabs: _Slabs,
+        oack: dict[str, str],
+        params: Negotiated,
+    ) -> None:
+        self._server, self._sock, self._client, self._filename = server, sock, client, filename
+        self._slabs, self._oack, self._params = slabs, oack, params
+        self._loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[TftpEvent] = self._loop.create_future()
+        self._lock = threading.Lock()  # orders abort()'s shutdown against the thread's close
+        self._closed = False
+        self._aborting = False
+        self._started = time.monotonic()
+        self._acked = 0
+        self._received = 0
+        self._gso = server._gso_usable
+        self._thread = threading.Thread(target=self._run, name=f"tftp {filename}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def abort(self) -> None:
+        """Called on the loop: wake the thread (shutdown ends a blocked recvfrom) and let it finish."""
+        with self._lock:
+            self._aborting = True
+            if not self._closed:
+                # ENOTCONN on an unconnected UDP socket, but the blocked waiters are woken anyway.
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    # -- thread side ---------------------------------------------------------------------------
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _run(self) -> None:
+        outcome: Outcome = "aborted"
+        try:
+            outcome = self._serve()
+        except _ReadFailed as exc:
+            log.warning("tftp: reading %s failed: %s", self._filename, exc)
+            self._send_error(Error(ErrorCode.NOT_DEFINED, "read error"), self._client)
+        except Exception:
+            log.exception("tftp: transfer of %s to %s failed", self._filename, self._client)
+        finally:
+            with self._lock:
+                self._closed = True
+                self._sock.close()
+            self._slabs.close()
+            event = TftpEvent(
+                client=(str(self._client[0]), int(self._client[1])),
+                filename=self._filename,
+                outcome=outcome,
+                bytes_sent=self._slabs.bytes_through(self._acked),
+                blksize=self._params.blksize,
+                windowsize=self._params.windowsize,
+                seconds=time.monotonic() - self._started,
+            )
+            self._post(self._server._transfer_finished, self, event, self._received)
+
+    def _send_error(self, error: Error, addr: Address) -> None:
+        try:
+            self._sock.sendto(encode(error), addr)
+        except OSError:
+            return
+        self._post(self._server._count, "errors_sent")
+
+    def _send_blocks(self, first: int, last: int) -> int:
+        """Send blocks first..last, stopping after the file's final block; return the last sent."""
+        slabs, client, sock = self._slabs, self._client, self._sock
+        size, per_slab = slabs.packet_size, slabs.per_slab
+        block = first
+        while block <= last:
+            if slabs.last_block is not None and block > slabs.last_block:
+                break
+            view, offset, length = slabs.locate(block)
+            final = slabs.last_block
+            run_end = min(last, ((block - 1) // per_slab + 1) * per_slab)  # same buffer only
+            if final is not None:
+                run_end = min(run_end, final)
+            if self._gso and run_end > block:
+                run_end = min(run_end, block + min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // size) - 1)
+                tail = slabs.last_len if run_end == final else slabs.blksize
+                end = offset + (run_end - block) * size + 4 + tail
+                try:
+                    sock.sendmsg([view[offset:end]], [(_SOL_UDP, _UDP_SEGMENT, _gso_size(size))], 0, client)
+                except OSError as exc:
+                    if exc.errno not in _GSO_UNSUPPORTED:
+                        block = run_end + 1  # lost like any datagram; a timeout resends it
+                        continue
+                    log.debug("tftp: UDP GSO unavailable (%s); sending blocks one by one", exc)
+                    self._gso = self._server._gso_usable = False
+                    continue  # the same run again, without GSO
+                block = run_end + 1
+                continue
+            # A send error is a lost datagram that a timeout resends. (A bare try costs nothing
+            # per block on 3.11; contextlib.suppress would be a context manager per block.)
+            try:  # noqa: SIM105
+                sock.sendto(view[offset : offset + 4 + length], client)
+            except OSError:
+                pass
+            block += 1
+        return block - 1
+
+    def _serve(self) -> Outcome:
+        sock, client, slabs, server = self._sock, self._client, self._slabs, self._server
+        windowsize = self._params.windowsize
+        base_timeout = float(self._params.timeout) if self._params.timeout else server.initial_timeout
+        timeout, attempts = base_timeout, 0
+        deadline: float | None = None  # set lazily by packets that make no progress
+        buffer = bytearray(_RECV_BYTES)
+        recvfrom_into = sock.recvfrom_into
+        oack = encode(OptionAck(self._oack)) if self._oack else b""
+        acked = sent = 0  # absolute block numbers: last acknowledged, last sent
+        dup_resent = False
+        _set_receive_timeout(sock, timeout)
+        if oack:
+            with contextlib.suppress(OSError):
+                sock.sendto(oack, client)
+        else:
+            sent = self._send_blocks(1, windowsize)
+        while True:
+            try:
+                n, addr = recvfrom_into(buffer)
+            except BlockingIOError:  # SO_RCVTIMEO expired
+                timed_out = True
+            except OSError as exc:
+                if not self._aborting:
+                    log.warning("tftp: transfer socket for %s failed: %s", client, exc)
+                return "aborted"
+            else:
+                self._received += 1
+                timed_out = False
+                if n == 4 and buffer[1] == 4 and buffer[0] == 0 and addr == client:
+                    block = buffer[2] << 8 | buffer[3]
+                    delta = (block - acked) & 0xFFFF
+                    if oack:
+                        delta = 0
+                        if block == 0:  # the OACK is acknowledged: data starts
+                            oack = b""
+                            sent = self._send_blocks(1, windowsize)
+                            delta = -1  # progress without new acknowledged blocks
+                    if 0 < delta <= sent - acked:
+                        acked += delta
+                        self._acked = acked
+                        if acked == slabs.last_block:
+                            return "sent"
+                        # A full-window ACK sends the next window; a partial one (the client lost a
+                        # block) resends from the block after the acknowledged one, then goes on.
+                        if windowsize == 1:
+                            view, offset, length = slabs.locate(acked + 1)
+                            try:  # noqa: SIM105 (hot path, see _send_blocks)
+                                sock.sendto(view[offset : offset + 4 + length], client)
+                            except OSError:
+                                pass
+                            sent = acked + 1
+                        else:
+                            sent = self._send_blocks(acked + 1, acked + windowsize)
+                            dup_resent = False
+                    elif delta == 0 and windowsize > 1 and not dup_resent and not oack:
+                        # The client re-acknowledged the last good block: it lost the head of the
+                        # window. Resend once per window, never in lock-step (RFC 1123 4.2.3.1,
+                        # Sorcerer's Apprentice).
+                        dup_resent = True
+                        self._send_blocks(acked + 1, sent)
+                    if delta:  # progress: the retransmission clock starts over
+                        if attempts:
+                            attempts = 0
+                            if timeout != base_timeout:
+                                timeout = base_timeout
+                                _set_receive_timeout(sock, timeout)
+                        deadline = None
+                        continue
+                    # An old, delayed ACK: ignored, but it does not hold off the timeout.
+                else:
+                    if self._aborting:
+                        return "aborted"
+                    ended = self._unusual(buffer, n, addr)
+                    if ended is not None:
+                        return ended
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                elif now >= deadline:
+                    timed_out = True
+            if not timed_out:
+                continue
+            if self._aborting:
+                return "aborted"
+            attempts += 1
+            if attempts > server.retries:
+                # A client that never answers our OACK simply went away (tsize probe): not a failure.
+                return "aborted" if oack else "timeout"
+            timeout *= 2
+            deadline = None
+            _set_receive_timeout(sock, timeout)
+            if oack:
+                with contextlib.suppress(OSError):
+                    sock.sendto(oack, client)
+            else:
+                self._send_blocks(acked + 1, sent)
+
+    def _unusual(self, buffer: bytearray, n: int, addr: Address) -> Outcome | None:
+        """Anything but the expected ACK: count, log, answer strangers; end on the client's ERROR."""
+        try:
+            packet = decode(bytes(buffer[:n]))
+        except TftpDecodeError as exc:
+            self._post(self._server._count, "malformed")
+            log.debug("tftp: malformed datagram from %s during %s: %s", addr, self._filename, exc.reason)
+            return None
+        if addr != self._client:
+            # RFC 1350: a packet from a foreign TID gets ERROR 5 and must not disturb the transfer.
+            if not isinstance(packet, Error):
+                self._send_error(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), addr)
+            self._post(self._server._count, "ignored")
+            log.debug("tftp: %s from unknown TID %s during %s", type(packet).__name__, addr, self._filename)
+            return None
+        if isinstance(packet, Error):
+            # Includes ERROR 8 after our OACK (e.g. a tsize probe): the client is done, stay quiet.
+            log.debug("tftp: %s aborted %s: %s %s", addr, self._filename, packet.code.name, packet.message)
+            return "aborted"
+        self._post(self._server._count, "ignored")
+        log.debug("tftp: unexpected %s from %s during transfer", type(packet).__name__, addr)
+        return None
+
+
+# -- the server ----------------------------------------------------------------------------------
 
 
 class _Listener(asyncio.DatagramProtocol):
     def __init__(self, server: TftpServer) -> None:
         self._server = server
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
         self._server._on_request_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("tftp listener socket error: %s", exc)
-
-
-class _Transfer(asyncio.DatagramProtocol):
-    """One RRQ on its own ephemeral socket (the server's TID), as a callback-driven state machine."""
-
-    def __init__(
-        self,
-        server: TftpServer,
-        client: Address,
-        filename: str,
-        reader: _BlockReader | None,
-        oack: dict[str, str],
-        params: Negotiated,
-        refusal: Error | None = None,
-    ) -> None:
-        self._server, self._client, self._filename = server, client, filename
-        self._reader, self._oack, self._params, self._refusal = reader, oack, params, refusal
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.DatagramTransport | None = None
-        self.done: asyncio.Future[TftpEvent] = self._loop.create_future()
-        self._started = time.monotonic()
-        # Window of (absolute block number, encoded DATA) not yet acknowledged; numbers are
-        # absolute (never wrapped) so rollover past 65535 is only an encoding detail.
-        self._window: deque[tuple[int, bytes]] = deque()
-        self._acked = 0
-        self._next = 1
-        self._eof_queued = False
-        self._bytes_acked = 0
-        self._awaiting_oack_ack = bool(oack)
-        self._dup_resent = False
-        self._base_timeout = float(params.timeout) if params.timeout else server.initial_timeout
-        self._timeout = self._base_timeout
-        self._attempts = 0
-        self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-
-    # -- asyncio callbacks -------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        if self._refusal is not None:
-            self._send(encode(self._refusal))
-            self._server.stats["errors_sent"] += 1
-            return
-        self._server.stats["transfers_started"] += 1
-        if self._awaiting_oack_ack:
-            self._send(encode(OptionAck(self._oack)))
-        else:
-            self._fill_and_send(0)
-        self._arm(self._base_timeout)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        stats = self._server.stats
-        stats["received"] += 1
-        if self.done.done():
-            return
-        try:
-            packet = decode(data)
-        except TftpDecodeError as exc:
-            stats["malformed"] += 1
-            log.debug("tftp: malformed datagram from %s: %s", addr, exc.reason)
-            return
-        if tuple(addr[:2]) != tuple(self._client[:2]):
-            # RFC 1350: a packet from a foreign TID gets ERROR 5 and must not disturb the transfer.
-            if not isinstance(packet, Error) and self._transport is not None:
-                self._transport.sendto(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
-                stats["errors_sent"] += 1
-            return
-        if isinstance(packet, Error):
-            # Includes ERROR 8 after our OACK (e.g. a tsize probe): the client is done, stay quiet.
-            log.debug("tftp: %s aborted %s: %s %s", addr, self._filename, packet.code.name, packet.message)
-            self._finish("aborted")
-        elif isinstance(packet, Ack):
-            self._on_ack(packet.block)
-        else:
-            log.debug("tftp: unexpected %s from %s during transfer", type(packet).__name__, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("tftp transfer socket error for %s: %s", self._client, exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish("aborted")
-
-    # -- protocol logic ----------------------------------------------------------------------
-
-    def _send(self, datagram: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(datagram, self._client)
-
-    def _fill_and_send(self, start: int) -> None:
-        """Top the window up to `windowsize` blocks and send it from index `start` onwards."""
-        assert self._reader is not None
-        while len(self._window) < self._params.windowsize and not self._eof_queued:
-            try:
-                payload = self._reader.next_block()
-            except OSError as exc:
-                log.warning("tftp: reading %s failed: %s", self._filename, exc)
-                self._send(encode(Error(ErrorCode.NOT_DEFINED, "read error")))
-                self._server.stats["errors_sent"] += 1
-                self._finish("aborted")
-                return
-            self._eof_queued = len(payload) < self._params.blksize
-            self._window.append((self._next, encode(Data(self._next & 0xFFFF, payload))))
-            self._next += 1
-        for i in range(start, len(self._window)):
-            self._send(self._window[i][1])
-        self._dup_resent = False
-
-    def _on_ack(self, block: int) -> None:
-        if self._awaiting_oack_ack:
-            if block == 0:
-                self._awaiting_oack_ack = False
-                self._progress()
-                self._fill_and_send(0)
-            return
-        delta = (block - self._acked) & 0xFFFF
-        if 0 < delta <= len(self._window):
-            for _ in range(delta):
-                _, datagram = self._window.popleft()
-                self._bytes_acked += len(datagram) - 4
-            self._acked += delta
-            self._progress()
-            if self._eof_queued and not self._window:
-                self._finish("sent")
-                return
-            # A full-window ACK sends the next window; a partial one (the client lost a block)
-            # resends from the block after the acknowledged one, then continues with new blocks.
-            self._fill_and_send(0)
-        elif delta == 0 and self._params.windowsize > 1 and not self._dup_resent:
-            # The client re-acknowledged the last good block: it lost the head of this window.
-            # Only once per window, and never in lock-step mode (RFC 1123 4.2.3.1, Sorcerer's Apprentice).
-            self._dup_resent = True
-            for _, datagram in self._window:
-                self._send(datagram)
-        # Anything else is an old, delayed ACK: ignore it.
-
-    def _progress(self) -> None:
-        self._attempts = 0
-        self._timeout = self._base_timeout
-        self._arm(self._timeout)
-
-    def _arm(self, delay: float) -> None:
-        self._deadline = self._loop.time() + delay
-        # Re-arming on every ACK would churn the timer heap; a timer firing early re-arms itself.
-        if self._timer is None or self._timer.when() > self._deadline:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self.done.done():
-            return
-        if self._loop.time() < self._deadline:
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
-            return
-        self._attempts += 1
-        if self._attempts > self._server.retries:
-            # A client that never answers our OACK simply went away (tsize probe): not a failure.
-            self._finish("aborted" if self._awaiting_oack_ack else "timeout")
-            return
-        self._timeout *= 2
-        if self._awaiting_oack_ack:
-            self._send(encode(OptionAck(self._oack)))
-        else:
-            for _, datagram in self._window:
-                self._send(datagram)
-        self._arm(self._timeout)
-
-    def _finish(self, outcome: Outcome) -> None:
-        if self.done.done():
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._reader is not None:
-            self._reader.close()
-        if self._transport is not None:
-            self._transport.close()
-        event = TftpEvent(
-            client=(str(self._client[0]), int(self._client[1])),
-            filename=self._filename,
-            outcome=outcome,
-            bytes_sent=self._bytes_acked,
-            blksize=self._params.blksize,
-            windowsize=self._params.windowsize,
-            seconds=time.monotonic() - self._started,
-        )
-        self.done.set_result(event)
-
-    def finish_refusal(self, outcome: Outcome) -> None:
-        self._finish(outcome)
-
-    def abort(self) -> None:
-        self._finish("aborted")
 
 
 class TftpServer:
@@ -333,13 +526,17 @@ class TftpServer:
         self.max_blksize, self.max_windowsize = max_blksize, max_windowsize
         self.retries, self.initial_timeout, self.max_file_bytes = retries, initial_timeout, max_file_bytes
         self._on_event = on_event
+        # received: every datagram; malformed: undecodable; ignored: well-formed but out of place
+        # (wrong port, wrong TID, wrong opcode). Transfer threads add "received" when they end.
         self.stats: dict[str, int] = dict.fromkeys(
-            ("received", "malformed", "transfers_started", "transfers_completed", "errors_sent"), 0
+            ("received", "malformed", "ignored", "transfers_started", "transfers_completed", "errors_sent"), 0
         )
         self._listener: asyncio.DatagramTransport | None = None
+        self._family = socket.AF_INET
         self._tasks: set[asyncio.Task[None]] = set()
-        self._transfers: set[_Transfer] = set()
+        self._transfers: dict[_Transfer, None] = {}
         self._closing = False
+        self._gso_usable = True  # cleared by the first transfer whose GSO send the kernel refuses
 
     @property
     def port(self) -> int:
@@ -352,6 +549,7 @@ class TftpServer:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Listener(self), local_addr=(self.host, self._port))
         self._listener = transport
+        self._family = transport.get_extra_info("socket").family
         log.info("tftp: serving %s on %s:%d", self.root, self.host, self.port)
 
     async def close(self) -> None:
@@ -362,16 +560,25 @@ class TftpServer:
         self._closing = True
         for transfer in list(self._transfers):
             transfer.abort()
-        # Let aborted transfers report their events; only requests still opening a socket are cancelled.
         if self._tasks:
-            _, pending = await asyncio.wait(list(self._tasks), timeout=1.0)
+            _, pending = await asyncio.wait(list(self._tasks), timeout=2.0)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    # -- request handling --------------------------------------------------------------------
+    # -- called on the loop by transfer threads ------------------------------------------------
 
-    def _on_request_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _count(self, key: str) -> None:
+        self.stats[key] += 1
+
+    def _transfer_finished(self, transfer: _Transfer, event: TftpEvent, received: int) -> None:
+        self.stats["received"] += received
+        if not transfer.done.done():
+            transfer.done.set_result(event)
+
+    # -- request handling ----------------------------------------------------------------------
+
+    def _on_request_datagram(self, data: bytes, addr: Address) -> None:
         self.stats["received"] += 1
         try:
             packet = decode(data)
@@ -380,13 +587,14 @@ class TftpServer:
             log.debug("tftp: malformed request from %s: %s", addr, exc.reason)
             return
         if not isinstance(packet, ReadRequest | WriteRequest):
+            self.stats["ignored"] += 1
             log.debug("tftp: ignoring %s sent to the request port by %s", type(packet).__name__, addr)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(packet, (addr[0], addr[1])))
+        task = asyncio.get_running_loop().create_task(self._serve(packet, tuple(addr)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _open(self, request: ReadRequest | WriteRequest) -> tuple[BinaryIO, int]:
+    def _open(self, request: ReadRequest | WriteRequest) -> tuple[int, int]:
         """Open the requested file for reading, refusing anything that could escape the root."""
         if isinstance(request, WriteRequest):
             raise _RequestRefused(ErrorCode.ACCESS_VIOLATION, "server is read-only", "denied")
@@ -410,54 +618,52 @@ class TftpServer:
                 raise _RequestRefused(ErrorCode.ACCESS_VIOLATION, "not a regular file", "denied")
             if self.max_file_bytes is not None and info.st_size > self.max_file_bytes:
                 raise _RequestRefused(ErrorCode.ACCESS_VIOLATION, "file too large", "denied")
-            fh = os.fdopen(fd, "rb", buffering=0)
         except BaseException:
             os.close(fd)
             raise
-        return fh, info.st_size
+        return fd, info.st_size
 
-    async def _serve(self, request: ReadRequest | WriteRequest, client: Address) -> None:
-        loop = asyncio.get_running_loop()
-        params = Negotiated()
+    def _transfer_socket(self) -> socket.socket:
+        """A fresh blocking socket on an ephemeral port: the server's TID for one request."""
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
-            try:
-                fh, size = self._open(request)
-            except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop in resolve()
-                log.warning("tftp: cannot open %r for %s: %s", request.filename, client, exc)
-                raise _RequestRefused(ErrorCode.NOT_DEFINED, "cannot open file", "denied") from exc
-        except _RequestRefused as refused:
-            transfer = _Transfer(self, client, request.filename, None, {}, params, Error(refused.code, refused.message))
-            outcome: Outcome = refused.outcome
-        else:
-            # Serve the size measured now, so the tsize we announce stays true if the file grows.
-            netascii = request.mode == "netascii"
-            oack, params = negotiate_read(
-                request.options,
-                file_size=None if netascii else size,
-                max_blksize=self.max_blksize,
-                max_windowsize=self.max_windowsize,
-            )
-            reader = _BlockReader(fh, params.blksize, size, netascii)
-            transfer = _Transfer(self, client, request.filename, reader, oack, params)
-            outcome = "sent"
-        bind_host = self.host
+            sock.bind((self.host, 0))
+            sock.setblocking(True)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _refuse(self, client: Address, error: Error) -> None:
+        """Send ERROR from a new TID like any reply to a request, without a transfer thread."""
         try:
-            await loop.create_datagram_endpoint(lambda: transfer, local_addr=(bind_host, 0))
+            sock = self._transfer_socket()
         except OSError as exc:
-            log.warning("tftp: cannot open a transfer socket for %s: %s", client, exc)
-            if transfer._reader is not None:
-                transfer._reader.close()
+            log.warning("tftp: cannot open a socket to refuse %s: %s", client, exc)
             return
-        if transfer._refusal is not None:
-            transfer.finish_refusal(outcome)
-        elif self._closing:
-            transfer.abort()
-        self._transfers.add(transfer)
-        try:
-            event = await transfer.done
-        finally:
-            self._transfers.discard(transfer)
-            transfer.abort()
+        with sock:
+            sock.setblocking(False)
+            try:
+                sock.sendto(encode(error), client)
+            except OSError as exc:
+                log.debug("tftp: cannot send ERROR to %s: %s", client, exc)
+                return
+        self.stats["errors_sent"] += 1
+
+    @staticmethod
+    def _refusal_event(client: Address, filename: str, outcome: Outcome, started: float) -> TftpEvent:
+        defaults = Negotiated()
+        return TftpEvent(
+            client=(str(client[0]), int(client[1])),
+            filename=filename,
+            outcome=outcome,
+            bytes_sent=0,
+            blksize=defaults.blksize,
+            windowsize=defaults.windowsize,
+            seconds=time.monotonic() - started,
+        )
+
+    def _emit(self, event: TftpEvent) -> None:
         if event.outcome == "sent":
             self.stats["transfers_completed"] += 1
         log.debug("tftp: %s", event)
@@ -466,3 +672,61 @@ class TftpServer:
                 self._on_event(event)
             except Exception:
                 log.exception("tftp: on_event callback failed")
+
+    async def _serve(self, request: ReadRequest | WriteRequest, client: Address) -> None:
+        started = time.monotonic()
+        try:
+            if self._closing:
+                raise _RequestRefused(ErrorCode.NOT_DEFINED, "server is shutting down", "aborted")
+            if len(self._transfers) >= _MAX_TRANSFERS:
+                raise _RequestRefused(ErrorCode.NOT_DEFINED, "server busy, try again", "denied")
+            try:
+                fd, size = self._open(request)
+            except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop in resolve()
+                log.warning("tftp: cannot open %r for %s: %s", request.filename, client, exc)
+                raise _RequestRefused(ErrorCode.NOT_DEFINED, "cannot open file", "denied") from exc
+        except _RequestRefused as refused:
+            self._refuse(client, Error(refused.code, refused.message))
+            self._emit(self._refusal_event(client, request.filename, refused.outcome, started))
+            return
+        netascii = request.mode == "netascii"
+        oack, params = negotiate_read(
+            request.options,
+            file_size=None if netascii else size,
+            max_blksize=self.max_blksize,
+            max_windowsize=self.max_windowsize,
+        )
+        source: _Source
+        if netascii:
+            source = _NetasciiSource(os.fdopen(fd, "rb", buffering=0), size)
+        else:
+            source = _OctetSource(fd, size, params.blksize)
+        try:
+            slabs = _Slabs(source, params.blksize, params.windowsize, None if netascii else size)
+            sock = self._transfer_socket()
+        except OSError as exc:
+            log.warning("tftp: cannot open a transfer socket for %s: %s", client, exc)
+            source.close()
+            return
+        except BaseException:
+            source.close()
+            raise
+        transfer = _Transfer(self, sock, client, request.filename, slabs, oack, params)
+        try:
+            transfer.start()
+        except RuntimeError as exc:  # no more threads
+            log.warning("tftp: cannot start a transfer thread for %s: %s", client, exc)
+            sock.close()
+            slabs.close()
+            self._emit(self._refusal_event(client, request.filename, "aborted", started))
+            return
+        self._transfers[transfer] = None
+        self.stats["transfers_started"] += 1
+        try:
+            event = await asyncio.shield(transfer.done)
+        except asyncio.CancelledError:
+            transfer.abort()
+            raise
+        finally:
+            self._transfers.pop(transfer, None)
+        self._emit(event)
