@@ -351,7 +351,7 @@ class Inventory:
         if isinstance(mac, bytes | bytearray):
             mac = ":".join(f"{b:02x}" for b in mac[:6])
         found = snapshot.by_mac.get(mac)
-        if found is None:
+        if found is None and not (len(mac) == 17 and mac[2] == ":" and mac == mac.lower()):  # other spellings
             try:
                 found = snapshot.by_mac.get(normalize_mac(mac))
             except RecordError:
