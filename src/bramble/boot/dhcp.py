@@ -1,22 +1,28 @@
-"""Authoritative DHCPv4 server for network boot (RFC 2131 server behaviour, one subnet).
+"""DHCPv4 for network boot: an authoritative server (RFC 2131, one subnet) and a PXE proxy.
 
-``decide`` is the whole protocol: a request, the lease store, the config and the time go in, a reply (or
-silence) and an outcome come out, so every RFC 2131 case is unit-tested without sockets. ``DhcpServer``
-only moves datagrams. Boot-file selection is a callback (``boot_file_for``) so the PXE work plugs in later.
+``decide`` is the whole authoritative protocol: a request, the lease store, the config and the time go
+in, a reply (or silence) and an outcome come out, so every RFC 2131 case is unit-tested without sockets.
+``decide_proxy`` is the same for proxy-DHCP: beside someone else's DHCP server, PXE clients get only the
+boot answer (yiaddr 0) on port 67 and on the PXE boot-server port 4011. The boot file itself is chosen by
+a ``BootChooser`` (``bramble.boot.pxe.PxePolicy.choose``). The server classes only move datagrams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
-from typing import Literal, cast
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
 
 from bramble.boot.leases import LeaseStore, Pool, Reservation, normalise_mac
+from bramble.boot.pxe import BootAnswer, PxeClient, PxePolicy
 from bramble.proto.dhcp import (
     BOOTREQUEST,
     DHCPACK,
@@ -29,9 +35,11 @@ from bramble.proto.dhcp import (
     DHCPREQUEST,
     OPT_BOOTFILE_NAME,
     OPT_BROADCAST,
+    OPT_CLIENT_UUID,
     OPT_DNS_SERVERS,
     OPT_DOMAIN_NAME,
     OPT_HOSTNAME,
+    OPT_IPXE_ENCAP,
     OPT_LEASE_TIME,
     OPT_MESSAGE_TYPE,
     OPT_REBINDING_TIME,
@@ -40,6 +48,8 @@ from bramble.proto.dhcp import (
     OPT_SERVER_ID,
     OPT_SUBNET_MASK,
     OPT_TFTP_SERVER_NAME,
+    OPT_VENDOR_CLASS,
+    OPT_VENDOR_SPECIFIC,
     DhcpDecodeError,
     DhcpEncodeError,
     DhcpPacket,
@@ -49,26 +59,37 @@ from bramble.proto.dhcp import (
     option_ips,
     option_str,
     option_u32,
-    pxe_reply_options,
+    pxe_vendor_option,
     reply_to,
 )
 
+if TYPE_CHECKING:
+    from bramble.config import BootInterfaceSettings
+
 __all__ = [
-    "BootFileHook",
+    "BOOT_SERVER_PORT",
+    "BootChooser",
     "Decision",
     "DhcpConfig",
     "DhcpEvent",
     "DhcpServer",
     "Outcome",
+    "ProxyDhcpServer",
+    "build_server",
     "decide",
+    "decide_proxy",
     "destination",
     "handle",
+    "interface_address",
 ]
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["offered", "acked", "nacked", "declined", "released", "informed", "exhausted", "ignored", "unsent"]
-BootFileHook = Callable[[DhcpPacket], tuple[IPv4Address, str] | None]
+BOOT_SERVER_PORT = 4011  # PXE 2.1: boot-server discovery and ProxyDHCP REQUESTs
+Outcome = Literal[
+    "offered", "acked", "nacked", "declined", "released", "informed", "exhausted", "ignored", "unsent", "malformed"
+]
+Mode = Literal["authoritative", "proxy"]
 _ZERO = IPv4Address(0)
 _BROADCAST = IPv4Address("255.255.255.255")
 _MIN_LEASE = 60
@@ -88,16 +109,25 @@ _DEFAULT_OPTIONS = (OPT_SUBNET_MASK, OPT_ROUTER, OPT_DNS_SERVERS, OPT_HOSTNAME)
 _ESSENTIAL = frozenset(
     {OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_LEASE_TIME, OPT_RENEWAL_TIME, OPT_REBINDING_TIME, OPT_SUBNET_MASK, 82}
 )
+_PXE_SUB_BOOT_ITEM = 71  # PXE 2.1 option 43 sub-option: boot server type and layer (4011 exchange)
+
+
+# Picks the boot answer for a client: ``PxePolicy(...).choose``, or the boot role's wrapper around it.
+BootChooser = Callable[[PxeClient], BootAnswer | None]
 
 
 @dataclass(frozen=True)
 class DhcpConfig:
-    """One subnet served authoritatively. ``server_ip`` may lie outside ``subnet`` when clients are relayed."""
+    """One subnet served authoritatively. ``server_ip`` may lie outside ``subnet`` when clients are relayed.
+
+    Without ``range_start``/``range_end`` only reserved MACs get addresses (VM networks whose addresses
+    IPAM decides); everyone else is ignored.
+    """
 
     server_ip: IPv4Address
     subnet: IPv4Network
-    range_start: IPv4Address
-    range_end: IPv4Address
+    range_start: IPv4Address | None = None
+    range_end: IPv4Address | None = None
     router: IPv4Address | None = None
     dns: Sequence[IPv4Address] = ()
     domain: str | None = None
@@ -106,7 +136,7 @@ class DhcpConfig:
     decline_seconds: float = 3600.0
     offer_seconds: float = 30.0
     reservations: Mapping[str, Reservation] = field(default_factory=dict)
-    boot_file_for: BootFileHook | None = None
+    boot_file_for: BootChooser | None = None
 
     def pool(self) -> Pool:
         """The allocation view for ``LeaseStore``: our own address and the router are never leased."""
@@ -125,17 +155,22 @@ class DhcpConfig:
 
 @dataclass(frozen=True)
 class Decision:
-    """What ``decide`` concluded: the reply (None for silence) and why, for the event log."""
+    """What ``decide`` concluded: the reply (None for silence), why, and what the client was given.
+
+    ``wire`` is the encoded reply (encoding once is part of the per-packet budget).
+    """
 
     reply: DhcpPacket | None
     outcome: Outcome
     yiaddr: IPv4Address | None = None
     reason: str = ""
+    boot_file: str | None = None
+    wire: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
 class DhcpEvent:
-    """One exchange, small enough to become an audit event later."""
+    """One exchange, with what users ask about later (the boot role turns it into an audit event)."""
 
     mac: str
     message_type: str
@@ -145,6 +180,15 @@ class DhcpEvent:
     giaddr: str | None
     xid: int
     reason: str = ""
+    interface: str | None = None
+    mode: Mode = "authoritative"
+    port: int = 67  # the server port it arrived on: 67, or 4011 for a PXE boot-server request
+    arch: str | None = None  # bramble.boot.pxe.arch_name of option 93
+    vendor_class: str | None = None
+    user_class: tuple[str, ...] = ()
+    ipxe: bool = False
+    boot_file: str | None = None
+    hostname: str | None = None
 
 
 def handle(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: float) -> DhcpPacket | None:
@@ -152,7 +196,9 @@ def handle(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: floa
     return decide(request, store, config, now).reply
 
 
-def decide(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: float) -> Decision:
+def decide(
+    request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: float, client: PxeClient | None = None
+) -> Decision:
     """RFC 2131 section 4.3 server behaviour; may raise ``DhcpDecodeError`` for malformed options."""
     if request.op != BOOTREQUEST or request.htype != 1 or request.hlen != 6:
         return Decision(None, "ignored", reason="not an Ethernet BOOTREQUEST")
@@ -162,17 +208,111 @@ def decide(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: floa
     if request.giaddr != _ZERO and request.giaddr not in config.subnet:
         return Decision(None, "ignored", reason=f"relay {request.giaddr} is not in {config.subnet}")
     if mtype == DHCPDISCOVER:
-        return _discover(request, store, config, now)
-    if mtype == DHCPREQUEST:
-        return _request(request, store, config, now)
-    if mtype == DHCPDECLINE:
+        decision = _discover(request, store, config, now)
+    elif mtype == DHCPREQUEST:
+        decision = _request(request, store, config, now)
+    elif mtype == DHCPDECLINE:
         return _decline(request, store, config, now)
-    if mtype == DHCPRELEASE:
+    elif mtype == DHCPRELEASE:
         return _release(request, store, config, now)
-    if mtype == DHCPINFORM:
-        reply = _reply(request, config, DHCPACK, None, None, now)
-        return Decision(reply, "informed")
-    return Decision(None, "ignored", reason=f"message type {mtype} is not a client message")
+    elif mtype == DHCPINFORM:
+        decision = Decision(_reply(request, config, DHCPACK, None, None, now), "informed")
+    else:
+        return Decision(None, "ignored", reason=f"message type {mtype} is not a client message")
+    reply = decision.reply
+    if reply is None or reply.message_type == DHCPNAK:
+        return replace(decision, wire=None if reply is None else _fit(reply))
+    boot_file = None
+    if config.boot_file_for is not None:
+        answer = config.boot_file_for(client or PxeClient.from_request(request))
+        if answer is not None:
+            _add_boot(request, reply, answer, proxy=False)
+            boot_file = answer.file
+    return replace(decision, boot_file=boot_file, wire=_fit(reply))
+
+
+def decide_proxy(
+    request: DhcpPacket,
+    choose: BootChooser,
+    server_ip: IPv4Address,
+    *,
+    boot_server: bool,
+    client: PxeClient | None = None,
+) -> Decision:
+    """Proxy-DHCP (PXE 2.1): never an address, only the boot answer, and only to ``PXEClient`` ROMs.
+
+    On port 67 (``boot_server=False``) a DISCOVER gets an OFFER with yiaddr 0; on port 4011 a REQUEST (or
+    INFORM) gets an ACK. Both carry siaddr, the file, option 54, ``PXEClient`` in 60 and option 43 (OVMF
+    rejects a ``PXEClient`` answer without 43), and echo the client's UUID (97) as the ROMs expect.
+    """
+    if request.op != BOOTREQUEST or request.htype != 1 or request.hlen != 6:
+        return Decision(None, "ignored", reason="not an Ethernet BOOTREQUEST")
+    mtype = request.message_type
+    client = client or PxeClient.from_request(request)
+    if not client.is_pxe_vendor:
+        return Decision(None, "ignored", reason="not a PXEClient")
+    if boot_server:
+        if mtype not in (DHCPREQUEST, DHCPINFORM):
+            return Decision(None, "ignored", reason=f"message type {mtype} on the boot-server port")
+        reply_type = DHCPACK
+    else:
+        if mtype != DHCPDISCOVER:
+            return Decision(None, "ignored", reason="proxy-DHCP answers only DISCOVER on port 67")
+        reply_type = DHCPOFFER
+    answer = choose(client)
+    if answer is None:
+        return Decision(None, "ignored", reason=f"no boot file for arch {client.arch_name}")
+    reply = reply_to(request, reply_type, None, server_ip)
+    reply.ciaddr = _ZERO
+    _add_boot(request, reply, answer, proxy=True)
+    if boot_server:
+        item = _boot_item(request)
+        if item is not None:
+            # Boot-server discovery: the ACK names the item it answers, or the ROM discards it.
+            reply.options[OPT_VENDOR_SPECIFIC] = bytes((_PXE_SUB_BOOT_ITEM, len(item))) + item + b"\xff"
+    uuid = request.options.get(OPT_CLIENT_UUID)
+    if uuid is not None:
+        reply.options[OPT_CLIENT_UUID] = uuid
+    outcome: Outcome = "acked" if boot_server else "offered"
+    return Decision(reply, outcome, reason="proxy", boot_file=answer.file, wire=_fit(reply))
+
+
+def _boot_item(request: DhcpPacket) -> bytes | None:
+    """Sub-option 71 (type, layer) of the request's option 43, if it has one."""
+    raw = request.options.get(OPT_VENDOR_SPECIFIC)
+    i = 0
+    while raw is not None and i + 1 < len(raw):
+        code, length = raw[i], raw[i + 1]
+        if code == 255:
+            break
+        if code == _PXE_SUB_BOOT_ITEM and length == 4 and i + 2 + length <= len(raw):
+            return raw[i + 2 : i + 6]
+        i += 2 + length
+    return None
+
+
+def _add_boot(request: DhcpPacket, reply: DhcpPacket, answer: BootAnswer, *, proxy: bool) -> None:
+    """siaddr, ``file``, 66/67 when asked for, and the PXE/iPXE options the client class needs."""
+    reply.siaddr = answer.next_server
+    reply.boot_file = answer.file
+    wanted = request.options.get(55, b"")
+    if OPT_TFTP_SERVER_NAME in wanted:
+        reply.options[OPT_TFTP_SERVER_NAME] = option_str(str(answer.next_server))
+    if OPT_BOOTFILE_NAME in wanted:
+        reply.options[OPT_BOOTFILE_NAME] = option_str(answer.file) + b"\0"  # NUL: some ROMs need it
+    vendor = request.options.get(OPT_VENDOR_CLASS, b"")
+    extra = dict(answer.options)
+    if vendor.startswith(b"PXEClient"):
+        # 60 without 43 makes OVMF reject the offer (PXE-E16); 43 sub-option 6 bit 3: the file is here,
+        # skip boot-server discovery and menus.
+        reply.options[OPT_VENDOR_CLASS] = b"PXEClient"
+        reply.options[OPT_VENDOR_SPECIFIC] = pxe_vendor_option()
+    if proxy:
+        extra.pop(OPT_IPXE_ENCAP, None)  # "do not wait for ProxyDHCP" makes no sense coming from the proxy
+    reply.options.update(extra)
+    relay = reply.options.pop(82, None)
+    if relay is not None:
+        reply.options[82] = relay  # RFC 3046: keep option 82 last
 
 
 def destination(
@@ -200,6 +340,8 @@ def _discover(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: f
         now=now,
     )
     if lease is None:
+        if config.range_start is None and normalise_mac(request.mac) not in config.reservations:
+            return Decision(None, "ignored", reason="no reservation for this client")
         log.warning("dhcp: pool %s-%s exhausted, no offer for %s", config.range_start, config.range_end, request.mac)
         return Decision(None, "exhausted", reason="no free address")
     reply = _reply(request, config, DHCPOFFER, lease.ip, _lease_seconds(request, config), now)
@@ -306,28 +448,7 @@ def _reply(
         options[OPT_REBINDING_TIME] = option_u32(lease_seconds * 7 // 8)
     for code in order:
         options[code] = available[code]
-    reply = reply_to(request, mtype, yiaddr, config.server_ip, options)
-    if config.boot_file_for is not None and mtype != DHCPNAK:
-        boot = config.boot_file_for(request)
-        if boot is not None:
-            next_server, filename = boot
-            reply.siaddr = IPv4Address(next_server)
-            reply.boot_file = filename
-            wanted = set(prl or ())
-            if OPT_TFTP_SERVER_NAME in wanted:
-                reply.options[OPT_TFTP_SERVER_NAME] = option_str(str(next_server))
-            if OPT_BOOTFILE_NAME in wanted:
-                reply.options[OPT_BOOTFILE_NAME] = option_str(filename) + b"\0"  # NUL: some ROMs need it
-            vendor = request.vendor_class or ""
-            user = request.user_class or ()
-            if vendor.startswith("PXEClient"):
-                reply.options.update(pxe_reply_options(ipxe="iPXE" in user))
-            elif "iPXE" in user:
-                reply.options[175] = pxe_reply_options(ipxe=True)[175]
-            relay = reply.options.pop(82, None)
-            if relay is not None:
-                reply.options[82] = relay  # RFC 3046: keep option 82 last
-    return _fit(reply)
+    return reply_to(request, mtype, yiaddr, config.server_ip, options)
 
 
 def _available_options(request: DhcpPacket, config: DhcpConfig) -> dict[int, bytes]:
@@ -348,12 +469,11 @@ def _available_options(request: DhcpPacket, config: DhcpConfig) -> dict[int, byt
     return available
 
 
-def _fit(reply: DhcpPacket) -> DhcpPacket:
-    """Drop optional options from the end until the reply fits the client's option 57 (or 576)."""
+def _fit(reply: DhcpPacket) -> bytes:
+    """Encode, dropping optional options from the end until the reply fits the client's option 57 (or 576)."""
     while True:
         try:
-            encode(reply)
-            return reply
+            return encode(reply)
         except DhcpEncodeError:
             optional = [code for code in reply.options if code not in _ESSENTIAL]
             if not optional:
@@ -363,22 +483,176 @@ def _fit(reply: DhcpPacket) -> DhcpPacket:
             log.debug("dhcp: dropped option %d to fit the client's size limit", dropped)
 
 
-# -- the server -------------------------------------------------------------------------------
+# -- the servers ------------------------------------------------------------------------------
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DhcpServer) -> None:
-        self._server = server
+    def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self._handler = handler
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._server._on_datagram(data, addr)
+        self._handler(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("dhcp socket error: %s", exc)
 
 
-class DhcpServer:
-    """UDP transport for ``decide``. Binding to ``interface`` (root) keeps broadcasts on that link only."""
+def _udp_socket(host: str, port: int, interface: str | None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        # Bursts of DISCOVERs (a rack powering on, perfdhcp) must queue, not drop, while we work.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        if interface is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode() + b"\0")
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+DecideFn = Callable[[DhcpPacket, PxeClient], Decision]
+
+
+class _Endpoint:
+    """Datagram plumbing shared by both modes: decode, decide, send, count, emit one event."""
+
+    mode: Mode = "authoritative"
+
+    def __init__(
+        self,
+        *,
+        interface: str | None,
+        host: str,
+        client_port: int,
+        relay_port: int,
+        on_event: Callable[[DhcpEvent], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.interface, self.host = interface, host
+        self.client_port, self.relay_port = client_port, relay_port
+        self._on_event, self._clock = on_event, clock
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("received", "malformed", "replies", "offers", "acks", "naks", "ignored", "errors"), 0
+        )
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._malformed_logged_at = 0.0
+        self._malformed_unlogged = 0
+
+    async def _listen(self, port: int, handler: Callable[[bytes, tuple[str, int]], None]) -> int:
+        sock = _udp_socket(self.host, port, self.interface)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(handler), sock=sock)
+        self._transports.append(cast(asyncio.DatagramTransport, transport))
+        return int(sock.getsockname()[1])
+
+    async def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+
+    def _malformed(self, addr: tuple[str, int], reason: str) -> None:
+        """Count every bad datagram; log at most one warning a second so a flood cannot fill the disk."""
+        self.stats["malformed"] += 1
+        now = time.monotonic()
+        if now - self._malformed_logged_at >= 1.0:
+            more = f" ({self._malformed_unlogged} more since the last report)" if self._malformed_unlogged else ""
+            log.warning("dhcp: dropped a malformed datagram from %s:%d: %s%s", addr[0], addr[1], reason, more)
+            self._malformed_logged_at, self._malformed_unlogged = now, 0
+        else:
+            self._malformed_unlogged += 1
+
+    def _datagram(
+        self,
+        data: bytes,
+        addr: tuple[str, int],
+        decide_fn: DecideFn,
+        transport_index: int,
+        local_port: int,
+    ) -> None:
+        self.stats["received"] += 1
+        try:
+            request = decode(data)
+            client = PxeClient.from_request(request)
+            decision = decide_fn(request, client)
+        except DhcpDecodeError as exc:
+            self._malformed(addr, exc.reason)
+            return
+        except Exception:  # never let one packet (or a broken boot policy) stop the server
+            self.stats["errors"] += 1
+            log.exception("dhcp: failed to handle a datagram from %s", addr)
+            return
+        outcome = decision.outcome
+        if decision.reply is None:
+            if outcome == "ignored":
+                self.stats["ignored"] += 1
+        else:
+            target = self._target(request, decision.reply, addr, local_port)
+            outcome = self._send(decision, target, transport_index) or outcome
+        if self._on_event is None and not log.isEnabledFor(logging.DEBUG):
+            return
+        try:
+            mtype = _MESSAGE_NAMES.get(request.message_type or 0, "BOOTP")
+        except DhcpDecodeError:
+            mtype = "?"
+        event = DhcpEvent(
+            mac=request.mac,
+            message_type=mtype,
+            outcome=outcome,
+            yiaddr=None if decision.yiaddr is None else str(decision.yiaddr),
+            client=(addr[0], addr[1]),
+            giaddr=None if request.giaddr == _ZERO else str(request.giaddr),
+            xid=request.xid,
+            reason=decision.reason,
+            interface=self.interface,
+            mode=self.mode,
+            port=local_port,
+            arch=client.arch_name,
+            vendor_class=client.vendor_class,
+            user_class=client.user_class,
+            ipxe=client.is_ipxe,
+            boot_file=decision.boot_file,
+            hostname=request.hostname,
+        )
+        log.debug("dhcp: %s", event)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("dhcp: on_event callback failed")
+
+    def _target(
+        self, request: DhcpPacket, reply: DhcpPacket, addr: tuple[str, int], local_port: int
+    ) -> tuple[str, int]:
+        return destination(request, reply, server_port=self.relay_port, client_port=self.client_port)
+
+    def _send(self, decision: Decision, target: tuple[str, int], transport_index: int) -> Outcome | None:
+        """Send the encoded reply; returns "unsent" when that failed (the exchange still gets an event)."""
+        reply = decision.reply
+        assert reply is not None
+        try:
+            data = decision.wire if decision.wire is not None else encode(reply)
+            if len(self._transports) <= transport_index:
+                raise OSError("server is closed")
+            self._transports[transport_index].sendto(data, target)
+        except (DhcpEncodeError, OSError) as exc:
+            self.stats["errors"] += 1
+            log.warning("dhcp: cannot send %s to %s: %s", _MESSAGE_NAMES.get(reply.message_type or 0), target, exc)
+            return "unsent"
+        self.stats["replies"] += 1
+        key = {DHCPOFFER: "offers", DHCPACK: "acks", DHCPNAK: "naks"}.get(reply.message_type or 0)
+        if key is not None:
+            self.stats[key] += 1
+        return None
+
+
+class DhcpServer(_Endpoint):
+    """Authoritative DHCPv4 on one interface. Binding to ``interface`` (root) keeps broadcasts on that link."""
+
+    mode: Mode = "authoritative"
 
     def __init__(
         self,
@@ -393,96 +667,174 @@ class DhcpServer:
         on_event: Callable[[DhcpEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config, self.store, self.interface = config, store, interface
-        self.host, self._port, self.client_port, self.relay_port = host, port, client_port, relay_port
-        self._on_event, self._clock = on_event, clock
-        self.stats: dict[str, int] = dict.fromkeys(
-            ("received", "malformed", "replies", "offers", "acks", "naks", "ignored", "errors"), 0
+        super().__init__(
+            interface=interface,
+            host=host,
+            client_port=client_port,
+            relay_port=relay_port,
+            on_event=on_event,
+            clock=clock,
         )
-        self._transport: asyncio.DatagramTransport | None = None
+        self.config, self.store = config, store
+        self._port = port
 
     @property
     def port(self) -> int:
-        if self._transport is None:
-            return self._port
-        return int(self._transport.get_extra_info("sockname")[1])
+        return self._port
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            if self.interface is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode() + b"\0")
-            sock.bind((self.host, self._port))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        log.info("dhcp: serving %s on %s:%d (interface %s)", self.config.subnet, self.host, self.port, self.interface)
+        self._port = await self._listen(self._port, self._on_datagram)
+        log.info("dhcp: serving %s on %s:%d (interface %s)", self.config.subnet, self.host, self._port, self.interface)
 
-    async def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+    def set_reservations(self, reservations: Mapping[str, Reservation]) -> None:
+        """Replace the reservations at runtime (IPAM decided new addresses); takes effect at the next packet."""
+        self.config = replace(self.config, reservations={normalise_mac(m): r for m, r in reservations.items()})
+        self.store.set_pool(self.config.pool(), self._clock())
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.stats["received"] += 1
-        try:
-            request = decode(data)
-            decision = decide(request, self.store, self.config, self._clock())
-        except DhcpDecodeError as exc:
-            self.stats["malformed"] += 1
-            log.debug("dhcp: malformed datagram from %s: %s", addr, exc.reason)
-            return
-        except Exception:  # never let one packet (or a broken boot-file hook) stop the server
-            self.stats["errors"] += 1
-            log.exception("dhcp: failed to handle a datagram from %s", addr)
-            return
-        outcome = decision.outcome
-        if decision.reply is None:
-            if outcome == "ignored":
-                self.stats["ignored"] += 1
-        else:
-            outcome = self._send(request, decision.reply) or outcome
-        try:
-            mtype = _MESSAGE_NAMES.get(request.message_type or 0, "BOOTP")
-        except DhcpDecodeError:
-            mtype = "?"
-        event = DhcpEvent(
-            mac=request.mac,
-            message_type=mtype,
-            outcome=outcome,
-            yiaddr=None if decision.yiaddr is None else str(decision.yiaddr),
-            client=(addr[0], addr[1]),
-            giaddr=None if request.giaddr == _ZERO else str(request.giaddr),
-            xid=request.xid,
-            reason=decision.reason,
-        )
-        log.debug("dhcp: %s", event)
-        if self._on_event is not None:
-            try:
-                self._on_event(event)
-            except Exception:
-                log.exception("dhcp: on_event callback failed")
+        self._datagram(data, addr, self._decide, 0, self._port)
 
-    def _send(self, request: DhcpPacket, reply: DhcpPacket) -> Outcome | None:
-        """Encode and send; returns "unsent" when that failed (the exchange still gets an event)."""
-        target = destination(request, reply, server_port=self.relay_port, client_port=self.client_port)
+    def _decide(self, request: DhcpPacket, client: PxeClient) -> Decision:
+        return decide(request, self.store, self.config, self._clock(), client)
+
+
+class ProxyDhcpServer(_Endpoint):
+    """Proxy-DHCP beside an existing DHCP server: PXE boot answers on port 67 and 4011, never an address."""
+
+    mode: Mode = "proxy"
+
+    def __init__(
+        self,
+        server_ip: IPv4Address,
+        choose: BootChooser,
+        *,
+        interface: str | None,
+        host: str = "0.0.0.0",
+        port: int = 67,
+        boot_server_port: int = BOOT_SERVER_PORT,
+        client_port: int = 68,
+        relay_port: int = 67,
+        on_event: Callable[[DhcpEvent], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            interface=interface,
+            host=host,
+            client_port=client_port,
+            relay_port=relay_port,
+            on_event=on_event,
+            clock=clock,
+        )
+        self.server_ip, self.choose = IPv4Address(server_ip), choose
+        self._port, self._boot_server_port = port, boot_server_port
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def boot_server_port(self) -> int:
+        return self._boot_server_port
+
+    async def start(self) -> None:
+        self._port = await self._listen(self._port, self._on_dhcp)
         try:
-            data = encode(reply)
-            if self._transport is None:
-                raise OSError("server is closed")
-            self._transport.sendto(data, target)
-        except (DhcpEncodeError, OSError) as exc:
-            self.stats["errors"] += 1
-            log.warning("dhcp: cannot send %s to %s: %s", _MESSAGE_NAMES.get(reply.message_type or 0), target, exc)
-            return "unsent"
-        self.stats["replies"] += 1
-        key = {DHCPOFFER: "offers", DHCPACK: "acks", DHCPNAK: "naks"}.get(reply.message_type or 0)
-        if key is not None:
-            self.stats[key] += 1
-        return None
+            self._boot_server_port = await self._listen(self._boot_server_port, self._on_boot_server)
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "dhcp: proxy-DHCP for PXE clients on %s ports %d and %d (interface %s), boot server %s",
+            self.host,
+            self._port,
+            self._boot_server_port,
+            self.interface,
+            self.server_ip,
+        )
+
+    def _on_dhcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._datagram(data, addr, self._decide_offer, 0, self._port)
+
+    def _on_boot_server(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._datagram(data, addr, self._decide_ack, 1, self._boot_server_port)
+
+    def _decide_offer(self, request: DhcpPacket, client: PxeClient) -> Decision:
+        return decide_proxy(request, self.choose, self.server_ip, boot_server=False, client=client)
+
+    def _decide_ack(self, request: DhcpPacket, client: PxeClient) -> Decision:
+        return decide_proxy(request, self.choose, self.server_ip, boot_server=True, client=client)
+
+    def _target(
+        self, request: DhcpPacket, reply: DhcpPacket, addr: tuple[str, int], local_port: int
+    ) -> tuple[str, int]:
+        if local_port == self._boot_server_port and addr[0] != "0.0.0.0":
+            return addr  # the 4011 request is unicast from a configured client: answer where it came from
+        return destination(request, reply, server_port=self.relay_port, client_port=self.client_port)
+
+
+# -- building a server from the daemon's settings ---------------------------------------------
+
+_SIOCGIFADDR = 0x8915
+_SIOCGIFNETMASK = 0x891B
+
+
+def interface_address(name: str) -> IPv4Interface:
+    """The first IPv4 address (with prefix) of ``name``; ``ValueError`` naming the interface otherwise."""
+    request = struct.pack("256s", name.encode()[:15])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            addr = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, request)[20:24]
+            mask = fcntl.ioctl(sock.fileno(), _SIOCGIFNETMASK, request)[20:24]
+        except OSError as exc:
+            raise ValueError(f"interface {name} has no IPv4 address: {exc.strerror}") from None
+    return IPv4Interface(f"{IPv4Address(addr)}/{IPv4Address(mask)}")
+
+
+def build_server(
+    settings: BootInterfaceSettings,
+    *,
+    choose: BootChooser | None,
+    lease_path: Path | None,
+    quarantine_seconds: float = 600.0,
+    port: int = 67,
+    boot_server_port: int = BOOT_SERVER_PORT,
+    on_event: Callable[[DhcpEvent], None] | None = None,
+) -> DhcpServer | ProxyDhcpServer:
+    """The DHCP server for one ``[[boot.interfaces]]`` entry; call ``await server.start()`` / ``close()``.
+
+    ``server_ip`` and ``subnet`` default to the interface's own address. ``ValueError`` (with the interface
+    name) for settings that cannot work, e.g. proxy mode without a boot policy.
+    """
+    own = None if settings.server_ip and settings.subnet else interface_address(settings.name)
+    server_ip = IPv4Address(settings.server_ip) if settings.server_ip else cast(IPv4Interface, own).ip
+    if settings.mode == "proxy":
+        if choose is None:
+            raise ValueError(f"interface {settings.name}: proxy mode needs a boot policy")
+        return ProxyDhcpServer(
+            server_ip, choose, interface=settings.name, port=port, boot_server_port=boot_server_port, on_event=on_event
+        )
+    subnet = IPv4Network(settings.subnet, strict=False) if settings.subnet else cast(IPv4Interface, own).network
+    if (settings.range_start is None) != (settings.range_end is None):
+        raise ValueError(f"interface {settings.name}: set both range_start and range_end, or neither")
+    try:
+        config = DhcpConfig(
+            server_ip=server_ip,
+            subnet=subnet,
+            range_start=IPv4Address(settings.range_start) if settings.range_start else None,
+            range_end=IPv4Address(settings.range_end) if settings.range_end else None,
+            router=IPv4Address(settings.router) if settings.router else None,
+            dns=tuple(IPv4Address(d) for d in settings.dns),
+            domain=settings.domain,
+            lease_seconds=settings.lease_seconds,
+            quarantine_seconds=quarantine_seconds,
+            boot_file_for=choose,
+        )
+        store = LeaseStore(lease_path, config.pool())
+    except ValueError as exc:
+        raise ValueError(f"interface {settings.name}: {exc}") from None
+    return DhcpServer(config, store, interface=settings.name, port=port, on_event=on_event)
+
+
+def default_policy(server_ip: IPv4Address, http_port: int) -> PxePolicy:
+    """The stock PXE policy for a server address: loaders from TFTP, scripts from our HTTP port."""
+    return PxePolicy(tftp_server=server_ip, http_base=f"http://{server_ip}:{http_port}")

@@ -69,11 +69,14 @@ class Lease:
 
 @dataclass(frozen=True)
 class Pool:
-    """What the store may hand out: ``range_start..range_end`` inside ``subnet``, plus reservations."""
+    """What the store may hand out: ``range_start..range_end`` inside ``subnet``, plus reservations.
+
+    Without a range only the reservations are handed out (addresses decided elsewhere, e.g. by IPAM).
+    """
 
     subnet: IPv4Network
-    range_start: IPv4Address
-    range_end: IPv4Address
+    range_start: IPv4Address | None = None
+    range_end: IPv4Address | None = None
     excluded: frozenset[IPv4Address] = frozenset()  # the server, the router, anything else in use
     reservations: Mapping[str, Reservation] = field(default_factory=dict)
     quarantine_seconds: float = 600.0
@@ -81,11 +84,14 @@ class Pool:
     offer_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        if not self.range_start <= self.range_end:
-            raise ValueError(f"empty range {self.range_start}..{self.range_end}")
-        for addr in (self.range_start, self.range_end):
-            if addr not in self.subnet:
-                raise ValueError(f"range address {addr} is outside {self.subnet}")
+        if (self.range_start is None) != (self.range_end is None):
+            raise ValueError("a range needs both range_start and range_end")
+        if self.range_start is not None and self.range_end is not None:
+            if not self.range_start <= self.range_end:
+                raise ValueError(f"empty range {self.range_start}..{self.range_end}")
+            for addr in (self.range_start, self.range_end):
+                if addr not in self.subnet:
+                    raise ValueError(f"range address {addr} is outside {self.subnet}")
         object.__setattr__(self, "reservations", {normalise_mac(m): r for m, r in self.reservations.items()})
         seen: dict[IPv4Address, str] = {}
         for mac, res in self.reservations.items():
@@ -102,6 +108,8 @@ class Pool:
         return self.subnet.prefixlen >= 31 or ip not in (self.subnet.network_address, self.subnet.broadcast_address)
 
     def in_range(self, ip: IPv4Address) -> bool:
+        if self.range_start is None or self.range_end is None:
+            return False
         return self.range_start <= ip <= self.range_end and self.usable(ip)
 
     def reserved_for(self, ip: IPv4Address) -> str | None:
@@ -239,6 +247,19 @@ class LeaseStore:
         """Client DECLINE: someone else answers ARP for ``ip``; hold it for ``decline_seconds``."""
         return self._free(mac, ip, "declined", now)
 
+    def set_pool(self, pool: Pool, now: float | None = None) -> None:
+        """Swap the pool (new reservations); leases on addresses now reserved for someone else end."""
+        now = self._now(now)
+        self.pool = pool
+        changed = False
+        for ip, lease in list(self._by_ip.items()):
+            owner = pool.reserved_for(ip)
+            if owner is not None and owner != lease.mac:
+                del self._by_ip[ip]  # IPAM moved this address: its decision wins, no quarantine
+                changed = True
+        if changed:
+            self._save()
+
     # -- internals -----------------------------------------------------------------------------
 
     def _now(self, now: float | None) -> float:
@@ -259,6 +280,8 @@ class LeaseStore:
             return previous.ip
         if requested is not None and self.available(mac, requested, now):
             return requested
+        if self.pool.range_start is None or self.pool.range_end is None:
+            return None
         start, end = int(self.pool.range_start), int(self.pool.range_end)
         for value in range(start, end + 1):
             ip = IPv4Address(value)

@@ -1,6 +1,7 @@
-"""Run ``DhcpServer`` in the current (test) namespace; events go to a JSON-lines file.
+"""Run ``DhcpServer`` or ``ProxyDhcpServer`` in the current (test) namespace; events go to a JSON-lines file.
 
-Started by the integration tests through ``ip netns exec`` and stopped with SIGTERM by PID.
+Started by the integration tests through ``ip netns exec`` and stopped with SIGTERM by PID. With
+``--http-base`` the stock ``PxePolicy`` answers PXE clients; ``--mode proxy`` needs it.
 """
 
 from __future__ import annotations
@@ -14,35 +15,48 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TextIO
 
-from bramble.boot.dhcp import DhcpConfig, DhcpEvent, DhcpServer
+from bramble.boot.dhcp import DhcpConfig, DhcpEvent, DhcpServer, ProxyDhcpServer
 from bramble.boot.leases import LeaseStore
+from bramble.boot.pxe import PxePolicy
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    for name in ("interface", "server-ip", "subnet", "range-start", "range-end", "router", "lease-file", "events"):
+    for name in ("interface", "server-ip", "events"):
         parser.add_argument(f"--{name}", required=True)
+    for name in ("subnet", "range-start", "range-end", "router", "lease-file", "http-base"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--mode", choices=("authoritative", "proxy"), default="authoritative")
     parser.add_argument("--dns", action="append", default=[])
     parser.add_argument("--lease-seconds", type=int, default=3600)
     parser.add_argument("--quarantine-seconds", type=float, default=600)
     args = parser.parse_args()
-    config = DhcpConfig(
-        server_ip=IPv4Address(args.server_ip),
-        subnet=IPv4Network(args.subnet),
-        range_start=IPv4Address(args.range_start),
-        range_end=IPv4Address(args.range_end),
-        router=IPv4Address(args.router),
-        dns=tuple(IPv4Address(d) for d in args.dns),
-        lease_seconds=args.lease_seconds,
-        quarantine_seconds=args.quarantine_seconds,
-    )
-    store = LeaseStore(Path(args.lease_file), config.pool())
+    policy = None
+    if args.http_base:
+        policy = PxePolicy(tftp_server=IPv4Address(args.server_ip), http_base=args.http_base)
     out: TextIO = open(args.events, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
 
     def emit(event: DhcpEvent) -> None:
         out.write(json.dumps(dataclasses.asdict(event)) + "\n")
 
-    server = DhcpServer(config, store, interface=args.interface, on_event=emit)
+    server: DhcpServer | ProxyDhcpServer
+    if args.mode == "proxy":
+        assert policy is not None, "--mode proxy needs --http-base"
+        server = ProxyDhcpServer(IPv4Address(args.server_ip), policy.choose, interface=args.interface, on_event=emit)
+    else:
+        config = DhcpConfig(
+            server_ip=IPv4Address(args.server_ip),
+            subnet=IPv4Network(args.subnet),
+            range_start=IPv4Address(args.range_start),
+            range_end=IPv4Address(args.range_end),
+            router=IPv4Address(args.router) if args.router else None,
+            dns=tuple(IPv4Address(d) for d in args.dns),
+            lease_seconds=args.lease_seconds,
+            quarantine_seconds=args.quarantine_seconds,
+            boot_file_for=None if policy is None else policy.choose,
+        )
+        store = LeaseStore(Path(args.lease_file) if args.lease_file else None, config.pool())
+        server = DhcpServer(config, store, interface=args.interface, on_event=emit)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -51,6 +65,7 @@ async def main() -> None:
     out.write(json.dumps({"ready": True}) + "\n")
     await stop.wait()
     await server.close()
+    out.write(json.dumps({"stats": server.stats}) + "\n")
     out.close()
 
 

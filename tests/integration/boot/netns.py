@@ -66,3 +66,46 @@ def netns_pair(server_cidr: str, client_mac: str) -> Iterator[NetnsPair]:
     finally:
         for ns in reversed(created):  # deleting a namespace deletes the veth in it
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=10, check=False)
+
+
+@dataclass(frozen=True)
+class Lan:
+    """A bridge in its own namespace with one namespace per host, each host's ``eth0`` on the bridge."""
+
+    hub_ns: str
+    bridge: str
+    hosts: tuple[str, ...]  # namespace names
+    interface: str = "eth0"
+
+    def add_address(self, host: int, cidr: str) -> None:
+        ip("-n", self.hosts[host], "addr", "add", cidr, "dev", self.interface)
+
+    def mac(self, host: int) -> str:
+        out = ip("-n", self.hosts[host], "-br", "link", "show", self.interface)
+        return out.split()[2]
+
+
+@contextmanager
+def lan(hosts: int, macs: dict[int, str] | None = None) -> Iterator[Lan]:
+    """``hosts`` fresh namespaces on one fresh bridge; everything is deleted on exit, also on failure."""
+    tag = secrets.token_hex(3)
+    net = Lan(f"bramble-lan-{tag}", "br0", tuple(f"bramble-h{i}-{tag}" for i in range(hosts)))
+    created: list[str] = []
+    try:
+        for ns in (net.hub_ns, *net.hosts):
+            ip("netns", "add", ns)
+            created.append(ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", net.hub_ns, "link", "add", net.bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        ip("-n", net.hub_ns, "link", "set", net.bridge, "up")
+        for i, ns in enumerate(net.hosts):
+            port = f"p{i}"
+            ip("-n", net.hub_ns, "link", "add", port, "type", "veth", "peer", "name", net.interface, "netns", ns)
+            ip("-n", net.hub_ns, "link", "set", port, "master", net.bridge, "up")
+            if macs and i in macs:
+                ip("-n", ns, "link", "set", net.interface, "address", macs[i])
+            ip("-n", ns, "link", "set", net.interface, "up")
+        yield net
+    finally:
+        for ns in reversed(created):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=10, check=False)

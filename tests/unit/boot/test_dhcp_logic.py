@@ -11,6 +11,7 @@ import pytest
 
 from bramble.boot.dhcp import DhcpConfig, decide, destination, handle
 from bramble.boot.leases import LeaseFileError, LeaseStore, Reservation
+from bramble.boot.pxe import PxePolicy
 from bramble.proto.dhcp import (
     DHCPACK,
     DHCPDECLINE,
@@ -248,22 +249,53 @@ def test_client_may_ask_for_a_shorter_lease_only() -> None:
     assert offer is not None and offer.options[51] == option_u32(3600)
 
 
-def test_boot_file_hook() -> None:
-    seen: list[DhcpPacket] = []
-
-    def boot(request: DhcpPacket) -> tuple[IPv4Address, str] | None:
-        seen.append(request)
-        return (SERVER, "undionly.kpxe") if request.client_arch == 0 else None
-
-    config = replace(CONFIG, boot_file_for=boot)
+def test_pxe_policy_sets_siaddr_file_66_67_and_pxe_options() -> None:
+    config = replace(CONFIG, boot_file_for=PxePolicy(tftp_server=SERVER, http_base="http://10.9.0.1:8471").choose)
     pxe = packet(DHCPDISCOVER, options={55: bytes([1, 66, 67]), 60: b"PXEClient:Arch:00000", 93: b"\0\0"})
-    offer = handle(pxe, store_for(config), config, T0)
+    decision = decide(pxe, store_for(config), config, T0)
+    offer = decision.reply
     assert offer is not None and offer.siaddr == SERVER and offer.boot_file == "undionly.kpxe"
+    assert decision.boot_file == "undionly.kpxe" and decision.wire == encode(offer)
     assert offer.options[66] == b"10.9.0.1" and offer.options[67] == b"undionly.kpxe\0"
-    assert offer.options[60] == b"PXEClient" and 43 in offer.options
+    assert offer.options[60] == b"PXEClient" and offer.options[43] == b"\x06\x01\x08\xff"
+    assert 175 not in offer.options  # firmware PXE is not iPXE
+    ipxe = packet(DHCPDISCOVER, MAC_B, options={60: b"PXEClient:Arch:00000:UNDI:002001", 77: b"iPXE", 93: b"\0\0"})
+    offer = handle(ipxe, store_for(config), config, T0)
+    assert offer is not None and offer.boot_file == "http://10.9.0.1:8471/boot/02:00:00:00:00:0b.ipxe"
+    assert offer.options[175] == b"\xb0\x01\x01" and 67 not in offer.options  # 67 only when asked for
     plain = handle(packet(DHCPDISCOVER, MAC_B), store_for(config), config, T0)
     assert plain is not None and plain.siaddr == IP(0) and plain.file == b"" and 67 not in plain.options
-    assert len(seen) == 2
+    assert 60 not in plain.options and 43 not in plain.options
+
+
+def test_boot_policy_also_answers_request_and_inform_but_never_a_nak() -> None:
+    config = replace(CONFIG, boot_file_for=PxePolicy(tftp_server=SERVER, http_base="http://10.9.0.1:8471").choose)
+    store = store_for(config)
+    opts = {60: b"PXEClient:Arch:00007", 93: b"\0\x07"}
+    offer = handle(packet(DHCPDISCOVER, options=opts), store, config, T0)
+    assert offer is not None
+    ack = handle(packet(DHCPREQUEST, options={**opts, 50: offer.yiaddr.packed, 54: SERVER.packed}), store, config, T0)
+    assert ack is not None and ack.message_type == DHCPACK and ack.boot_file == "snponly.efi"
+    nak = handle(packet(DHCPREQUEST, options={**opts, 50: IP("10.9.0.11").packed}), store, config, T0)
+    assert nak is not None and nak.message_type == DHCPNAK and nak.file == b"" and 43 not in nak.options
+
+
+def test_reservations_only_config_and_runtime_updates() -> None:
+    config = DhcpConfig(server_ip=SERVER, subnet=IPv4Network("10.9.0.0/24"))
+    store = store_for(config)
+    assert decide(packet(DHCPDISCOVER), store, config, T0).outcome == "ignored"
+    config = replace(config, reservations={"02:00:00:00:00:0a": Reservation(IP("10.9.0.77"))})
+    store.set_pool(config.pool(), T0)
+    offer = handle(packet(DHCPDISCOVER), store, config, T0)
+    assert offer is not None and offer.yiaddr == IP("10.9.0.77")
+    ack = handle(packet(DHCPREQUEST, options={50: offer.yiaddr.packed, 54: SERVER.packed}), store, config, T0)
+    assert ack is not None and ack.message_type == DHCPACK
+    # IPAM moves the address to another VM: the old binding ends, the new owner gets it at once.
+    config = replace(config, reservations={"02:00:00:00:00:0b": Reservation(IP("10.9.0.77"))})
+    store.set_pool(config.pool(), T0)
+    assert decide(packet(DHCPDISCOVER), store, config, T0).outcome == "ignored"
+    offer = handle(packet(DHCPDISCOVER, MAC_B), store, config, T0)
+    assert offer is not None and offer.yiaddr == IP("10.9.0.77")
 
 
 def test_corrupt_lease_file_is_a_clear_error(tmp_path: Path) -> None:
