@@ -267,6 +267,7 @@ def start_boot_daemon(
     inventory_dir: Path,
     mode: str = "authoritative",
     extra_toml: str = "",
+    interface_toml: str = "",
     api_port: int = 8470,
     timeout: float = 60,
 ) -> BootDaemon:
@@ -275,6 +276,7 @@ def start_boot_daemon(
     interface = f'name = "br0"\nmode = "{mode}"\nserver_ip = "{SERVER_IP}"\n'
     if mode == "authoritative":
         interface += f'subnet = "{SUBNET}"\nrange_start = "10.99.0.100"\nrange_end = "10.99.0.199"\n'
+    interface += interface_toml
     config = state_dir / "brambled.toml"
     config.write_text(
         f'state_dir = "{state_dir}"\nroles = ["api", "boot"]\n{extra_toml}\n'

@@ -17,6 +17,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -29,10 +30,14 @@ from bramble.config import ConfigError, Settings, load_settings
 from bramble.core.cloud import Cloud
 from bramble.core.deps import CoreDeps
 from bramble.core.gateway import NodeGateway
+from bramble.core.observations import Observation, ObservationLog
 from bramble.core.operations import OperationRunner
 from bramble.db.migrate import upgrade
 from bramble.db.session import Database
 from bramble.storage.driver import StorageDriver
+
+if TYPE_CHECKING:
+    from bramble.boot.role import BootObservation, BootRole
 
 log = logging.getLogger("brambled")
 
@@ -87,8 +92,14 @@ class Services:
     cloud: Cloud
     agent: Agent | None
     admin_token: str | None
+    boot: BootRole | None = None
+    observations: ObservationLog | None = None
 
     async def close(self) -> None:
+        if self.boot is not None:
+            await self.boot.close()
+        if self.observations is not None:
+            await self.observations.close()
         if self.agent is not None:
             await self.agent.stop()
         await self.cloud.deps.runner.drain(timeout=5)
@@ -143,7 +154,33 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
         nodes.agents[node] = agent
         await agent.start()
         log.info("agent %s up: %s (%s)", node, accel, reason)
-    return Services(settings, db, cloud, agent, token)
+    boot = observations = None
+    if "boot" in settings.roles:
+        boot, observations = await start_boot_role(settings, db, inventory)
+        cloud.deps.boot = boot
+    return Services(settings, db, cloud, agent, token, boot, observations)
+
+
+async def start_boot_role(settings: Settings, db: Database, inventory: Inventory) -> tuple[BootRole, ObservationLog]:
+    """DHCP, TFTP, HTTP boot, syslog and WoL; every interaction goes to the audit log in batches."""
+    from bramble.boot.role import BootRole  # only daemons with the boot role load the boot servers
+
+    observations = ObservationLog(db)
+    observations.start()
+    actor = f"boot:{settings.node_name or socket.gethostname()}"
+
+    def observe(seen: BootObservation) -> None:
+        observations.observe(
+            Observation(actor, seen.action, seen.target, seen.message, seen.outcome, seen.details or None)
+        )
+
+    role = BootRole(settings, inventory, observe)
+    try:
+        await role.start()
+    except BaseException:
+        await observations.close()
+        raise
+    return role, observations
 
 
 async def serve(settings: Settings) -> None:

@@ -1,0 +1,180 @@
+"""Bare-metal network boot, end to end: a QEMU guest (TCG, ``-boot n``) on a bridge served only by brambled.
+
+Each test builds a fresh namespace with a bridge and a tap (tests/netboot_bed.py), runs a real brambled with
+the ``api`` and ``boot`` roles inside it, registers the machine and its profile with the real CLI, powers the
+guest on and waits for the guest's init to print its marker on the serial console. Then it asks the audit
+log, through the CLI, what the machine did. Nothing leaves the namespace; everything is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netboot_bed import (
+    OTHER_SERVER_IP,
+    SERVER_IP,
+    BootDaemon,
+    NetbootBed,
+    boot_tree,
+    netboot_available,
+    netboot_bed,
+    start_boot_daemon,
+)
+from tests.qemu_helpers import wait_for
+
+BOOT_TIMEOUT = 240  # TCG on a busy 2-core machine; OVMF alone needs ~15 s when idle
+GUEST_MAC = "52:54:00:99:00:10"
+CMDLINE = "console=ttyS0 quiet"
+
+pytestmark = pytest.mark.skipif(netboot_available() is not None, reason=str(netboot_available()))
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[NetbootBed]:
+    with netboot_bed(tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+def files(tmp_path: Path, guests: dict[str, Path]) -> Path:
+    guest = guests["x86_64"]
+    return boot_tree(tmp_path / "files", guest / "kernel", guest / "initrd.gz")
+
+
+def _ok(done: object) -> str:
+    assert getattr(done, "returncode", 1) == 0, (
+        f"CLI failed: {getattr(done, 'stderr', '')}{getattr(done, 'stdout', '')}"
+    )
+    return str(getattr(done, "stdout", ""))
+
+
+def _events(daemon: BootDaemon, target: str) -> list[dict[str, object]]:
+    rows = json.loads(_ok(daemon.cli("--json", "event", "list", "--target", target, "--limit", "1000")))
+    assert isinstance(rows, list)
+    return rows
+
+
+def _register(daemon: BootDaemon, *, transport: str = "http", name: str = "node1", mac: str = GUEST_MAC) -> None:
+    _ok(
+        daemon.cli(
+            "profile",
+            "add",
+            f"tiny-{transport}",
+            "--kernel",
+            "vmlinuz",
+            "--initrd",
+            "initrd.gz",
+            "--cmdline",
+            CMDLINE,
+            "--transport",
+            transport,
+        )
+    )
+    _ok(daemon.cli("machine", "add", name, "--mac", mac, "--profile", f"tiny-{transport}", "--arch", "x86_64"))
+
+
+def test_bios_ipxe_rom_boots_kernel_and_initrd_over_http(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
+    daemon = start_boot_daemon(bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory")
+    _register(daemon, transport="http")
+    serial = tmp_path / "serial.log"
+    guest = bed.boot_guest("bios", serial, mac=GUEST_MAC)
+    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
+    bed.stop(guest)
+
+    def everything_recorded() -> list[dict[str, object]] | None:
+        events = _events(daemon, "machine/node1")
+        actions = {str(e["action"]) for e in events}
+        return events if {"boot.dhcp", "boot.http"} <= actions else None
+
+    events = wait_for(everything_recorded, deadline=15, what="DHCP and HTTP events for machine/node1")
+    messages = "\n".join(str(e["message"]) for e in events)
+    assert "ACK" in messages or "acked" in messages
+    assert "/boot/52:54:00:99:00:10.ipxe" in messages
+    assert "/files/vmlinuz" in messages and "/files/initrd.gz" in messages
+
+
+def test_bios_ipxe_rom_boots_kernel_and_initrd_over_tftp(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
+    daemon = start_boot_daemon(bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory")
+    _register(daemon, transport="tftp")
+    serial = tmp_path / "serial.log"
+    guest = bed.boot_guest("bios", serial, mac=GUEST_MAC)
+    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
+    bed.stop(guest)
+
+    def tftp_recorded() -> list[dict[str, object]] | None:
+        events = [e for e in _events(daemon, "machine/node1") if e["action"] == "boot.tftp"]
+        return events if len(events) >= 2 else None
+
+    events = wait_for(tftp_recorded, deadline=15, what="TFTP events for machine/node1")
+    names = "\n".join(str(e["message"]) for e in events)
+    assert "vmlinuz" in names and "initrd.gz" in names
+
+
+def test_uefi_firmware_pxe_chainloads_ipxe_then_boots(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
+    """OVMF's own PXE client (no NIC ROM) gets snponly.efi by TFTP, which then gets the script."""
+    daemon = start_boot_daemon(bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory")
+    _register(daemon, transport="http")
+    serial = tmp_path / "serial.log"
+    guest = bed.boot_guest("uefi", serial, mac=GUEST_MAC)
+    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
+    bed.stop(guest)
+    events = _events(daemon, "machine/node1")
+    dhcp = [e for e in events if e["action"] == "boot.dhcp"]
+    details = [e.get("after") or {} for e in dhcp]
+    assert any(isinstance(d, dict) and d.get("arch") == "uefi-x64" for d in details), details
+    tftp = [str(e["message"]) for e in events if e["action"] == "boot.tftp"]
+    assert any("snponly.efi" in m for m in tftp), tftp
+
+
+def test_unknown_pxe_client_becomes_a_discovered_machine(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
+    daemon = start_boot_daemon(bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory")
+    serial = tmp_path / "serial.log"
+    guest = bed.boot_guest("bios", serial, mac="52:54:00:99:00:77")
+
+    def discovered() -> dict[str, object] | None:
+        machines = json.loads(_ok(daemon.cli("--json", "machine", "list")))
+        rows = machines["items"]
+        return next((m for m in rows if m["mac"] == "52:54:00:99:00:77"), None)
+
+    machine = wait_for(discovered, deadline=BOOT_TIMEOUT, what="the unknown client in `machine list`")
+    bed.stop(guest)
+    assert machine["discovered"] is True
+    assert (tmp_path / "inventory" / "machines" / f"{machine['name']}.toml").exists()
+    assert any(e["action"] == "machine.discovered" for e in _events(daemon, f"machine/{machine['name']}"))
+
+
+def test_proxy_dhcp_beside_dnsmasq_boots_the_guest(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
+    """dnsmasq (another server on the link) hands out the address; Bramble gives only the PXE answer."""
+    other = bed.add_other_server_ns()
+    conf = tmp_path / "site-dnsmasq.conf"
+    conf.write_text(
+        "port=0\ninterface=vo1\nbind-interfaces\n"
+        "dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,10m\n"
+        f"dhcp-leasefile={tmp_path}/site.leases\nno-ping\n"
+    )
+    bed.spawn(
+        ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"], tmp_path / "site.log", ns=other
+    )
+    daemon = start_boot_daemon(
+        bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory", mode="proxy"
+    )
+    _register(daemon, transport="http")
+    serial = tmp_path / "serial.log"
+    guest = bed.boot_guest("bios", serial, mac=GUEST_MAC)
+    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
+    bed.stop(guest)
+    leases = (tmp_path / "site.leases").read_text()
+    assert GUEST_MAC in leases and "10.99.0.5" in leases, leases
+    events = _events(daemon, "machine/node1")
+    dhcp = [e for e in events if e["action"] == "boot.dhcp"]
+    assert dhcp, "no DHCP events recorded"
+    for event in dhcp:
+        after = event.get("after") or {}
+        assert isinstance(after, dict)
+        assert after.get("yiaddr") in (None, "0.0.0.0"), f"proxy handed out an address: {event}"
+    assert SERVER_IP != OTHER_SERVER_IP
