@@ -46,11 +46,9 @@ def files(tmp_path: Path, guests: dict[str, Path]) -> Path:
     return boot_tree(tmp_path / "files", guest / "kernel", guest / "initrd.gz")
 
 
-def _ok(done: object) -> str:
-    assert getattr(done, "returncode", 1) == 0, (
-        f"CLI failed: {getattr(done, 'stderr', '')}{getattr(done, 'stdout', '')}"
-    )
-    return str(getattr(done, "stdout", ""))
+def _ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"CLI failed: {done.stderr}{done.stdout}"
+    return done.stdout
 
 
 def _events(daemon: BootDaemon, target: str) -> list[dict[str, object]]:
