@@ -11,13 +11,14 @@ import asyncio
 import dataclasses
 import json
 import signal
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import TextIO
 
 from bramble.boot.dhcp import DhcpConfig, DhcpEvent, DhcpServer, ProxyDhcpServer
 from bramble.boot.leases import LeaseStore
 from bramble.boot.pxe import PxePolicy
+from bramble.boot.ra import RaEvent, RouterAdvertiser
 
 
 async def main() -> None:
@@ -30,6 +31,9 @@ async def main() -> None:
     parser.add_argument("--dns", action="append", default=[])
     parser.add_argument("--lease-seconds", type=int, default=3600)
     parser.add_argument("--quarantine-seconds", type=float, default=600)
+    parser.add_argument("--ra", action="store_true", help="also send IPv6 router advertisements")
+    parser.add_argument("--ra-prefix")
+    parser.add_argument("--ra-interval", type=float, default=30)
     args = parser.parse_args()
     policy = None
     if args.http_base:
@@ -58,12 +62,23 @@ async def main() -> None:
         store = LeaseStore(Path(args.lease_file) if args.lease_file else None, config.pool())
         server = DhcpServer(config, store, interface=args.interface, on_event=emit)
     await server.start()
+    ra = None
+    if args.ra:
+        prefix = IPv6Network(args.ra_prefix) if args.ra_prefix else None
+
+        def emit_ra(event: RaEvent) -> None:
+            out.write(json.dumps({"ra": dataclasses.asdict(event)}) + "\n")
+
+        ra = RouterAdvertiser(args.interface, prefix, interval=args.ra_interval, on_event=emit_ra)
+        await ra.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     out.write(json.dumps({"ready": True}) + "\n")
     await stop.wait()
+    if ra is not None:
+        await ra.close()
     await server.close()
     out.write(json.dumps({"stats": server.stats}) + "\n")
     out.close()
