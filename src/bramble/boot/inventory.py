@@ -43,7 +43,6 @@ from bramble.boot.records import (
     Machine,
     Profile,
     RecordError,
-    WakeTime,
     WriteResult,
     check_name,
     discovered_name,
@@ -56,6 +55,7 @@ from bramble.boot.records import (
     profile_to_toml,
     utcnow,
 )
+from bramble.boot.schedule import WakeSchedule, parse_schedule
 
 log = logging.getLogger(__name__)
 
@@ -392,14 +392,14 @@ class Inventory:
     def machines_using(self, profile: str) -> list[str]:
         return [m.name for m in self.machines() if m.profile == profile]
 
-    def wake_times(self, machine: Machine) -> tuple[WakeTime, ...]:
+    def wake_times(self, machine: Machine) -> tuple[WakeSchedule, ...]:
         """The machine's own schedule plus those of its groups."""
         groups = self._current().groups
         texts = list(machine.wake_at)
         for name in machine.groups:
             if name in groups:
                 texts.extend(groups[name].wake_at)
-        return tuple(WakeTime.parse(text) for text in dict.fromkeys(texts))
+        return tuple(parse_schedule(text) for text in dict.fromkeys(texts))
 
     # ------------------------------------------------------------------ writes
     def put_machine(self, machine: Machine, *, actor: str, reason: str, request_id: str = "") -> WriteResult:

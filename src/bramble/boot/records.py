@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from bramble.boot.schedule import ScheduleError, parse_schedule
+
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 NAME_RULE = "1-63 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
 _HOSTNAME_LABEL = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
@@ -42,10 +44,6 @@ PROFILE_KINDS: tuple[ProfileKind, ...] = ("kernel", "ipxe", "local")
 Transport = Literal["http", "tftp"]
 TRANSPORTS: tuple[Transport, ...] = ("http", "tftp")
 URL_SCHEMES = ("http://", "https://", "tftp://")
-
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_DAY_SETS = {"daily": range(7), "weekdays": range(5), "weekends": range(5, 7)}
-_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
 class RecordError(ValueError):
@@ -182,52 +180,13 @@ def _check_time(value: object, what: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-# ------------------------------------------------------------------ wake schedules
-@dataclass(frozen=True)
-class WakeTime:
-    """``"07:30"``, ``"mon-fri 07:30"``, ``"sat,sun 09:00"``, ``"weekdays 06:45"``: local time."""
-
-    days: frozenset[int]  # 0 = Monday
-    hour: int
-    minute: int
-
-    @classmethod
-    def parse(cls, text: str) -> WakeTime:
-        parts = text.strip().lower().split()
-        if len(parts) not in (1, 2):
-            raise RecordError(f"invalid wake time {text!r}: use [DAYS] HH:MM, e.g. 'mon-fri 07:30'", "wake_at")
-        clock = _CLOCK.match(parts[-1])
-        if clock is None:
-            raise RecordError(f"invalid wake time {text!r}: the time must be HH:MM (24 h)", "wake_at")
-        days = _parse_days(parts[0], text) if len(parts) == 2 else frozenset(range(7))
-        return cls(days, int(clock[1]), int(clock[2]))
-
-    def matches(self, when: datetime) -> bool:
-        """True during the minute this schedule names (the caller supplies local time)."""
-        return when.weekday() in self.days and (when.hour, when.minute) == (self.hour, self.minute)
-
-
-def _parse_days(spec: str, text: str) -> frozenset[int]:
-    if spec in _DAY_SETS:
-        return frozenset(_DAY_SETS[spec])
-    days: set[int] = set()
-    for part in spec.split(","):
-        first, _, last = part.partition("-")
-        if first not in DAYS or (last and last not in DAYS):
-            raise RecordError(
-                f"invalid wake time {text!r}: days are mon..sun, ranges like mon-fri, or daily/weekdays/weekends",
-                "wake_at",
-            )
-        start, end = DAYS.index(first), DAYS.index(last or first)
-        span = range(start, end + 1) if start <= end else [*range(start, 7), *range(0, end + 1)]
-        days.update(span)
-    return frozenset(days)
-
-
 def _check_wake(value: object) -> tuple[str, ...]:
     items = _check_list(value, "wake_at")
     for item in items:
-        WakeTime.parse(item)
+        try:
+            parse_schedule(item)
+        except ScheduleError as exc:
+            raise RecordError(f"invalid wake time {item!r}: {exc}", "wake_at") from None
     return items
 
 
@@ -270,9 +229,6 @@ class Machine:
             raise RecordError(f"discovered must be true or false, got {self.discovered!r}", "discovered")
         _set(self, "created", _check_time(self.created, "created"))
         _set(self, "updated", _check_time(self.updated, "updated"))
-
-    def wake_times(self) -> tuple[WakeTime, ...]:
-        return tuple(WakeTime.parse(text) for text in self.wake_at)
 
     def with_changes(self, **changes: Any) -> Machine:
         return replace(self, **changes)

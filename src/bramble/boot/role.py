@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,8 @@ from bramble.boot.http import BootHttpServer, HttpBootEvent
 from bramble.boot.ipxe import BootUrls, render_script
 from bramble.boot.leases import LeaseStore
 from bramble.boot.pxe import BootAnswer, PxeClient, PxePolicy
-from bramble.boot.records import Machine, Profile, WakeTime
+from bramble.boot.records import Machine, Profile
+from bramble.boot.schedule import WakeSchedule, due
 from bramble.boot.syslog import SyslogSink
 from bramble.boot.tftp import TftpEvent, TftpServer
 from bramble.boot.wol import send_wake
@@ -56,23 +57,11 @@ class BootObservation:
 
 
 def due_wakes(inventory: MachineInventory, since: datetime, now: datetime) -> list[Machine]:
-    """Machines with a wake time (their own or their groups') in a minute that began in (since, now].
-
-    Minutes are stepped in UTC and judged in the host's local time, so a DST change neither skips
-    nor repeats a wake by accident; a gap longer than a day (a stopped daemon) is not made up for.
-    """
-    start = max(since, now - timedelta(days=1)).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    minutes = []
-    while start <= now:
-        minutes.append(start.astimezone())
-        start += timedelta(minutes=1)
-    if not minutes:
-        return []
-    return [
-        machine
-        for machine in inventory.machines()
-        if any(wake.matches(minute) for wake in inventory.wake_times(machine) for minute in minutes)
-    ]
+    """Machines with a wake time (their own or their groups') that fell due in (since, now], once each."""
+    schedules = [(machine.name, wake) for machine in inventory.machines() for wake in inventory.wake_times(machine)]
+    names = dict.fromkeys(d.target for d in due(schedules, since, now))
+    machines = {machine.name: machine for machine in inventory.machines()}
+    return [machines[name] for name in names if name in machines]
 
 
 class MachineInventory(Protocol):
@@ -83,7 +72,7 @@ class MachineInventory(Protocol):
     def machines(self) -> list[Machine]: ...
     def profile_for(self, machine: Machine | None) -> Profile: ...
     def discover(self, mac: str, arch: str, ip: str | None = None) -> Machine: ...
-    def wake_times(self, machine: Machine) -> tuple[WakeTime, ...]: ...
+    def wake_times(self, machine: Machine) -> tuple[WakeSchedule, ...]: ...
 
 
 def interface_address(name: str) -> IPv4Interface:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,9 @@ from bramble.boot.records import (
     Machine,
     Profile,
     RecordError,
-    WakeTime,
     normalize_mac,
 )
+from bramble.boot.schedule import WakeSchedule
 
 WHO = {"actor": "token:tester", "reason": "test"}
 
@@ -288,17 +289,16 @@ def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_temp_file(
     assert (inv.root / "machines/web1.toml").read_bytes() == before
 
 
-def test_wake_times_parse_and_combine_with_groups(inv: Inventory) -> None:
-    assert WakeTime.parse("07:30").days == frozenset(range(7))
-    assert WakeTime.parse("mon-fri 07:30").days == frozenset(range(5))
-    assert WakeTime.parse("sat,sun 9:05") == WakeTime(frozenset({5, 6}), 9, 5)
-    assert WakeTime.parse("fri-mon 22:00").days == frozenset({4, 5, 6, 0})
+def test_wake_times_are_validated_and_combine_with_groups(inv: Inventory) -> None:
     for bad in ("7.30", "mon-xyz 07:30", "24:00", "mon 07:30 extra"):
-        with pytest.raises(RecordError):
-            WakeTime.parse(bad)
+        with pytest.raises(RecordError, match="invalid wake time"):
+            Machine(name="m", mac="52:54:00:00:00:01", wake_at=(bad,))
     write(inv, "groups/rack1.toml", 'wake_at = ["weekdays 06:45"]\n')
     machine = Machine(name="m", mac="52:54:00:00:00:01", groups=("rack1", "nogroupfile"), wake_at=("sun 10:00",))
-    assert inv.wake_times(machine) == (WakeTime(frozenset({6}), 10, 0), WakeTime(frozenset(range(5)), 6, 45))
+    assert inv.wake_times(machine) == (
+        WakeSchedule(frozenset({6}), time(10, 0)),
+        WakeSchedule(frozenset(range(5)), time(6, 45)),
+    )
 
 
 def test_record_validation_messages() -> None:
