@@ -1,0 +1,73 @@
+"""The boot role's own decisions: chainloading an iPXE ROM once, attributing events, wake schedules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from bramble.boot.inventory import Inventory
+from bramble.boot.pxe import PxeClient, PxePolicy
+from bramble.boot.records import Machine
+from bramble.boot.role import BootObservation, BootRole, due_wakes
+from bramble.boot.tftp import TftpEvent
+from bramble.config import load_settings
+
+MAC = "52:54:00:99:00:10"
+
+
+def _role(tmp_path: Path, clock: list[float]) -> tuple[BootRole, Inventory, list[BootObservation]]:
+    settings = load_settings(state_dir=tmp_path, boot={"inventory_dir": str(tmp_path / "inv")})
+    inventory = Inventory(tmp_path / "inv", "discovered")
+    seen: list[BootObservation] = []
+    return BootRole(settings, inventory, seen.append, clock=lambda: clock[0]), inventory, seen
+
+
+def _ipxe_rom() -> PxeClient:
+    return PxeClient(MAC, 0, "bios", "PXEClient:Arch:00000:UNDI:002001", ("iPXE",), True, False, None)
+
+
+def test_an_ipxe_rom_gets_the_loader_until_it_has_downloaded_it_then_the_script(tmp_path: Path) -> None:
+    clock = [1000.0]
+    role, _, _ = _role(tmp_path, clock)
+    policy = PxePolicy(tftp_server=IPv4Address("10.99.0.1"), http_base="http://10.99.0.1:8471")
+    # DISCOVER and REQUEST of the ROM both get undionly.kpxe (the same answer in OFFER and ACK)
+    for _ in range(2):
+        answer = role._chainload(policy, _ipxe_rom())
+        assert answer is not None and answer.file == "undionly.kpxe"
+    role._ip_to_mac["10.99.0.100"] = MAC
+    role._on_tftp(TftpEvent(("10.99.0.100", 2070), "undionly.kpxe", "sent", 70000, 1432, 1, 0.1))
+    clock[0] += 3
+    answer = role._chainload(policy, _ipxe_rom())
+    assert answer is not None and answer.kind == "script" and answer.file.endswith(f"/boot/{MAC}.ipxe")
+    clock[0] += 600  # a later reboot chainloads again
+    answer = role._chainload(policy, _ipxe_rom())
+    assert answer is not None and answer.file == "undionly.kpxe"
+
+
+def test_events_are_attributed_to_the_machine_by_mac_or_leased_address(tmp_path: Path) -> None:
+    role, inventory, seen = _role(tmp_path, [0.0])
+    inventory.put_machine(Machine(name="node1", mac=MAC), actor="test", reason="test")
+    role._ip_to_mac["10.99.0.100"] = MAC
+    role._on_tftp(TftpEvent(("10.99.0.100", 2070), "vmlinuz", "sent", 123, 1432, 1, 0.1))
+    role._on_tftp(TftpEvent(("10.99.0.200", 2070), "nope", "not_found", 0, 512, 1, 0.0))
+    assert [(o.action, o.target, o.outcome) for o in seen] == [
+        ("boot.tftp", "machine/node1", "ok"),
+        ("boot.tftp", "ip/10.99.0.200", "failed"),
+    ]
+    assert seen[0].details["client"] == "10.99.0.100:2070"
+
+
+def test_due_wakes_combines_machine_and_group_schedules_once_each(tmp_path: Path) -> None:
+    inventory = Inventory(tmp_path / "inv", "discovered")
+    (tmp_path / "inv" / "groups").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "inv" / "groups" / "lab.toml").write_text('wake_at = ["07:30"]\n')
+    inventory.put_machine(Machine(name="a", mac=MAC, wake_at=("07:30",), groups=("lab",)), actor="t", reason="t")
+    inventory.put_machine(Machine(name="b", mac="52:54:00:99:00:11", groups=("lab",)), actor="t", reason="t")
+    inventory.put_machine(Machine(name="c", mac="52:54:00:99:00:12", wake_at=("09:00",)), actor="t", reason="t")
+    inventory.refresh(wait=True)
+    zone = datetime.now().astimezone().tzinfo
+    since = datetime(2026, 11, 20, 7, 29, 30, tzinfo=zone).astimezone(UTC)
+    now = datetime(2026, 11, 20, 7, 30, 10, tzinfo=zone).astimezone(UTC)
+    assert sorted(m.name for m in due_wakes(inventory, since, now)) == ["a", "b"]
+    assert due_wakes(inventory, now, now) == []
