@@ -24,5 +24,14 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "+ apt-get install ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as nginx-light, kea and dnsmasq would start their services on install; tests run
+# their own instances in namespaces, so keep the services off (policy-rc.d, as Debian images do).
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
+fi
+cleanup_policy() { [ "$made_policy" = 1 ] && rm -f "$policy"; return 0; }
+trap cleanup_policy EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
