@@ -39,7 +39,7 @@ from bramble.network.nft import (
     floating_commands,
     network_nat_commands,
     remove_network_nat_commands,
-    security_commands,
+    security_batch,
 )
 
 __all__ = ["BridgeDriver", "LinkStep", "bridge_mac", "plan_network"]
@@ -219,10 +219,10 @@ class BridgeDriver(NetworkDriver):
         self, policies: Sequence[SecurityPolicy], address_sets: Mapping[str, Collection[IPv4Address]]
     ) -> None:
         try:
-            commands = security_commands(policies, address_sets)
+            batch = security_batch(policies, address_sets)
         except ValueError as exc:
             raise NetworkError(f"invalid security policy (nothing applied): {exc}") from None
-        self._nft.apply(commands)
+        self._nft.apply_json(batch)
 
     def apply_floating_ips(self, floating: Sequence[FloatingIp]) -> None:
         try:

@@ -48,7 +48,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Subnet, set[IPv4Address], dict[IPv4Addre
     return Subnet(cidr, gateway, frozenset(reserved - {gateway})), in_use, freed
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(scenarios())
 def test_chosen_address_is_assignable_free_and_out_of_quarantine(
     case: tuple[Subnet, set[IPv4Address], dict[IPv4Address, datetime]],
@@ -71,7 +71,7 @@ def test_chosen_address_is_assignable_free_and_out_of_quarantine(
         assert fresh == []
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=24, max_value=30), st.integers(min_value=0, max_value=200))
 def test_allocating_until_exhaustion_never_repeats(prefix: int, offset: int) -> None:
     subnet = parse_network(f"10.{offset}.0.0/{prefix}")

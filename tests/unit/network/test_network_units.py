@@ -21,7 +21,13 @@ from bramble.network.driver import (
     tap_name,
 )
 from bramble.network.fake import FakeNetworkDriver
-from bramble.network.nft import floating_commands, network_nat_commands, remove_network_nat_commands, security_commands
+from bramble.network.nft import (
+    floating_commands,
+    network_nat_commands,
+    remove_network_nat_commands,
+    security_batch,
+    security_commands,
+)
 from bramble.network.secgroups import GroupRule, NicMembership, SecurityGroup, compile_policies, default_group
 
 UUID = "3f2b8c1e-9d4a-4b7e-8f00-1234567890ab"
@@ -106,18 +112,21 @@ def test_security_batch_swaps_both_tables_and_compiles_rules() -> None:
     ingress = _rules(commands, "in-bt-5")
     assert {
         "match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@g-web"}
-    } in ingress[3]
+    } in ingress[0]
     assert {
         "match": {
             "op": "==",
             "left": {"payload": {"protocol": "tcp", "field": "dport"}},
             "right": {"range": [8000, 8080]},
         }
-    } in ingress[4]
+    } in ingress[1]
     assert ingress[-1] == [{"drop": None}]
     assert _rules(commands, "eg-bt-5")[-2] == [{"return": None}]  # "any" egress: everything allowed
-    spoof = _rules(commands, "as-bt-5")
-    assert any(e.get("match", {}).get("right") == "02:b7:00:00:00:05" for r in spoof for e in r)
+    tap_macs = [c["add"]["set"] for c in commands if c.get("add", {}).get("set", {}).get("name") == "tap_mac"]
+    assert tap_macs[0]["elem"] == [{"concat": ["bt-5", "02:b7:00:00:00:05"]}]
+    # the JSON text the driver sends is the same batch
+    batch = security_batch([_policy(5, ingress=(ssh, web), egress=(Rule(),))], {"web": [IPv4Address("10.5.0.5")]})
+    assert json.loads(batch) == json.loads(json.dumps({"nftables": commands}))
 
 
 def test_security_batch_refuses_inconsistent_input() -> None:
