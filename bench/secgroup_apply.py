@@ -72,7 +72,7 @@ def nft_text(nft: object) -> str:
 def inner(rounds: int, taps: int, rules_per_tap: int) -> None:
     import nftables
 
-    from bramble.network.nft import Nft, clear_compile_cache, security_batch
+    from bramble.network.nft import Nft, clear_compile_cache, security_batch, security_commands
 
     variants = [build(taps, rules_per_tap, v) for v in (0, 1)]
     driver_nft = Nft()
@@ -81,11 +81,7 @@ def inner(rounds: int, taps: int, rules_per_tap: int) -> None:
         driver_nft.apply_json(security_batch(policies, sets))  # type: ignore[arg-type]
         text_nft = nftables.Nftables()
         texts.append(nft_text(text_nft))
-    kernel_rules = sum(
-        1
-        for line in texts[0].splitlines()
-        if line.startswith("\t\t") and not line.strip().startswith(("type", "elements", "flags"))
-    )
+    kernel_rules = sum(1 for c in security_commands(*variants[0]) if "rule" in c.get("add", {}))  # type: ignore[arg-type]
     files = []
     tmp = Path(tempfile.mkdtemp(prefix="bramble-bench-nft-"))
     try:
@@ -140,7 +136,7 @@ def inner(rounds: int, taps: int, rules_per_tap: int) -> None:
     ]
     print(
         f"{taps} taps x {rules_per_tap} rules = {taps * rules_per_tap} user rules, "
-        f"~{kernel_rules} kernel rules, {rounds} rounds"
+        f"{kernel_rules} rules in the kernel, {rounds} rounds"
     )
     print_table("apply (ms)", ["what", "n", "median", "min", "max"], rows)
     print(
