@@ -47,6 +47,7 @@ class NetbootBed:
     bridge: str = "br0"
     tap: str = "tap0"
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _extra_ns: list[str] = field(default_factory=list)
 
     def exec_args(self, *cmd: str, ns: str | None = None) -> list[str]:
         return ["ip", "netns", "exec", ns or self.ns, *cmd]
@@ -94,6 +95,19 @@ class NetbootBed:
         ip("-n", other, "addr", "add", f"{OTHER_SERVER_IP}/{PREFIX}", "dev", "vo1")
         ip("-n", other, "link", "set", "vo1", "up")
         return other
+
+    def add_client_ns(self, mac: str) -> str:
+        """A namespace with one NIC (``eth0``, MAC ``mac``) on the bridge, for real DHCP clients."""
+        client = f"{self.ns}-c"
+        ip("netns", "add", client)
+        self._extra_ns.append(client)
+        ip("-n", client, "link", "set", "lo", "up")
+        ip("-n", self.ns, "link", "add", "vc0", "type", "veth", "peer", "name", "eth0", "netns", client)
+        ip("-n", self.ns, "link", "set", "vc0", "master", self.bridge)
+        ip("-n", self.ns, "link", "set", "vc0", "up")
+        ip("-n", client, "link", "set", "eth0", "address", mac)
+        ip("-n", client, "link", "set", "eth0", "up")
+        return client
 
     def qemu_args(self, firmware: str, serial_log: Path, *, mac: str = "52:54:00:99:00:10") -> list[str]:
         """QEMU (TCG) booting from the network on tap0.
@@ -155,7 +169,7 @@ class NetbootBed:
         for proc in reversed(self._procs):
             self.stop(proc, timeout=5)
         self._procs.clear()
-        for ns in (self.other_ns, self.ns):
+        for ns in (*self._extra_ns, self.other_ns, self.ns):
             if ns:
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False, timeout=15)
 

@@ -9,6 +9,7 @@ log, through the CLI, what the machine did. Nothing leaves the namespace; everyt
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,7 @@ def _ok(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def _events(daemon: BootDaemon, target: str) -> list[dict[str, object]]:
-    rows = json.loads(_ok(daemon.cli("--json", "event", "list", "--target", target, "--limit", "1000")))
+    rows = json.loads(_ok(daemon.cli("event", "list", "--json", "--target", target, "--limit", "1000")))
     assert isinstance(rows, list)
     return rows
 
@@ -135,7 +136,7 @@ def test_unknown_pxe_client_becomes_a_discovered_machine(bed: NetbootBed, files:
     guest = bed.boot_guest("bios", serial, mac="52:54:00:99:00:77")
 
     def discovered() -> dict[str, object] | None:
-        machines = json.loads(_ok(daemon.cli("--json", "machine", "list")))
+        machines = json.loads(_ok(daemon.cli("machine", "list", "--json")))
         rows = machines["items"]
         return next((m for m in rows if m["mac"] == "52:54:00:99:00:77"), None)
 
@@ -176,3 +177,91 @@ def test_proxy_dhcp_beside_dnsmasq_boots_the_guest(bed: NetbootBed, files: Path,
         assert isinstance(after, dict)
         assert after.get("yiaddr") in (None, "0.0.0.0"), f"proxy handed out an address: {event}"
     assert SERVER_IP != OTHER_SERVER_IP
+
+
+UDHCPC_SCRIPT = """#!/bin/sh
+# busybox udhcpc hook: configure the address and note what we were given.
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    echo "$1 ip=$ip serverid=$serverid" >> "$BRAMBLE_LEASE_OUT" ;;
+esac
+"""
+
+
+def _udhcpc(bed: NetbootBed, client_ns: str, tmp_path: Path, requested: str | None = None) -> str:
+    """One real DHCP exchange with busybox udhcpc in the client namespace; returns the address bound."""
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    out = tmp_path / "udhcpc.out"
+    out.unlink(missing_ok=True)
+    args = ["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-T", "2", "-s", str(script)]
+    if requested:
+        args += ["-r", requested]
+    done = subprocess.run(
+        bed.exec_args(*args, ns=client_ns),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "BRAMBLE_LEASE_OUT": str(out)},
+        check=False,
+    )
+    assert done.returncode == 0 and out.exists(), f"udhcpc got no lease: {done.stderr}"
+    return out.read_text().split("ip=")[1].split()[0]
+
+
+def test_lease_survives_a_brambled_restart_and_syslog_is_attributed(
+    bed: NetbootBed, files: Path, tmp_path: Path
+) -> None:
+    mac = "52:54:00:99:00:42"
+    client = bed.add_client_ns(mac)
+    state = tmp_path / "state"
+    daemon = start_boot_daemon(bed, state, files_dir=files, inventory_dir=tmp_path / "inventory")
+    _ok(daemon.cli("machine", "add", "kiosk1", "--mac", mac))
+    first = _udhcpc(bed, client, tmp_path)
+    assert first.startswith("10.99.0.1"), first
+
+    sent = bed.run(
+        "logger", "--server", SERVER_IP, "--port", "514", "--udp", "--rfc5424", "-t", "kiosk", "hello", ns=client
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    def syslog_recorded() -> list[dict[str, object]] | None:
+        rows = [e for e in _events(daemon, "machine/kiosk1") if e["action"] == "boot.syslog"]
+        return rows or None
+
+    rows = wait_for(syslog_recorded, deadline=15, what="the syslog line attributed to machine/kiosk1")
+    assert "hello" in str(rows[-1]["message"])
+
+    daemon.stop()
+    daemon = start_boot_daemon(bed, state, files_dir=files, inventory_dir=tmp_path / "inventory")
+    again = _udhcpc(bed, client, tmp_path, requested=first)
+    assert again == first
+    acks = [e for e in _events(daemon, "machine/kiosk1") if e["action"] == "boot.dhcp" and "acked" in str(e["message"])]
+    assert len(acks) >= 2  # one before the restart, one after
+
+
+def test_bios_classic_pxe_chainloads_undionly_then_the_script(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
+    """Firmware PXE (the NIC ROM's PXE API) loads undionly.kpxe by TFTP; that iPXE gets the script."""
+    daemon = start_boot_daemon(
+        bed,
+        tmp_path / "state",
+        files_dir=files,
+        inventory_dir=tmp_path / "inventory",
+        interface_toml="chainload_ipxe = true\n",
+    )
+    _register(daemon, transport="http")
+    serial = tmp_path / "serial.log"
+    guest = bed.boot_guest("bios", serial, mac=GUEST_MAC)
+    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
+    bed.stop(guest)
+    events = _events(daemon, "machine/node1")
+    sequence = [
+        str(e["message"]) for e in events if e["action"] in ("boot.tftp", "boot.http") or "acked" in str(e["message"])
+    ]
+    loader = next(i for i, m in enumerate(sequence) if "undionly.kpxe: sent" in m)
+    script = next(i for i, m in enumerate(sequence) if "GET /boot/52:54:00:99:00:10.ipxe -> 200" in m)
+    assert loader < script, sequence
+    assert "acked" in sequence[0] and "undionly.kpxe" in sequence[0], sequence
