@@ -48,6 +48,18 @@ class AgentSettings(_Section):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
 
 
+class NetworkSettings(_Section):
+    """VM networks: which driver builds bridges and taps, and how long freed addresses rest."""
+
+    # auto: the Linux bridge driver with the qemu compute driver, the in-memory fake with the fake one.
+    driver: Literal["auto", "bridge", "fake"] = "auto"
+    # An address freed by a deleted VM is not given to another NIC for this long (ARP caches, leases).
+    quarantine_seconds: float = Field(default=600.0, ge=0)
+    # Lease time the VM networks' DHCP servers hand out (the address itself never changes).
+    dhcp_lease_seconds: int = Field(default=3600, ge=60)
+    dhcp_port: int = Field(default=67, ge=0, le=65535)
+
+
 class BootInterfaceSettings(_Section):
     """One provisioning interface: either we hand out addresses, or only the PXE answer."""
 
@@ -104,6 +116,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     agent: AgentSettings = AgentSettings()
     boot: BootSettings = BootSettings()
+    network: NetworkSettings = NetworkSettings()
 
     @field_validator("state_dir")
     @classmethod

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bramble.agent.control import ControlPlane
+from bramble.agent.network import NodeNetworks
 from bramble.compute.arch import get_profile, host_arch
 from bramble.compute.driver import (
     ComputeDriver,
@@ -57,6 +58,7 @@ class Agent:
         stop_timeout: float = 30.0,
         reconcile_interval: float = 10.0,
         heartbeat_interval: float = 10.0,
+        networks: NodeNetworks | None = None,
     ) -> None:
         self.node = node
         self.compute = compute
@@ -68,6 +70,7 @@ class Agent:
         self.stop_timeout = stop_timeout
         self.reconcile_interval = reconcile_interval
         self.heartbeat_interval = heartbeat_interval
+        self.networks = networks
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._kick = asyncio.Event()
@@ -114,6 +117,8 @@ class Agent:
         self._tasks = []
         self.compute.set_state_callback(None)
         await self.compute.close()
+        if self.networks is not None:
+            await self.networks.close()
 
     async def _adopt(self) -> None:
         known = await self.control.known_vm_ids(self.node)
@@ -172,6 +177,9 @@ class Agent:
         runtime = await self.compute.status(vm_id)
         want = desired.desired_state
         try:
+            if desired.spec.nics and self._may_restart(vm_id):
+                # Also after a daemon restart with the VM still running: its DHCP server must come back.
+                await self._plug(self._placed(desired.spec))
             if want in ("running", "paused") and runtime.state in (PowerState.STOPPED, PowerState.CRASHED):
                 if not self._may_restart(vm_id):
                     return
@@ -203,6 +211,17 @@ class Agent:
             return
         await self.control.report_vm_state(self.node, runtime)
 
+    async def _plug(self, spec: VmSpec) -> None:
+        """Bridges, taps, firewall and DHCP for the VM's NICs (a no-op when nothing changed)."""
+        if self.networks is None:
+            if spec.nics:
+                raise ComputeError("this node has no network driver for the VM's NICs")
+            return
+        try:
+            await self.networks.plug(spec)
+        except Exception as exc:  # the kernel's refusal is the user's answer: say which and why
+            raise ComputeError(f"cannot plug its NICs: {exc}") from exc
+
     def _may_restart(self, vm_id: str) -> bool:
         failures = self._restart_failures.get(vm_id)
         return failures is None or time.monotonic() >= failures[1]
@@ -217,6 +236,7 @@ class Agent:
     async def start_vm(self, spec: VmSpec) -> VmRuntime:
         placed = self._placed(spec)
         async with self._lock(spec.vm_id):
+            await self._plug(placed)
             runtime = await self.compute.start(placed)
         runtime.extra["accel"] = placed.accel
         self._restart_failures.pop(spec.vm_id, None)
@@ -251,6 +271,8 @@ class Agent:
                 console.unlink()
                 with contextlib.suppress(OSError):
                     console.parent.rmdir()
+            if self.networks is not None:
+                await self.networks.unplug(vm_id)
         self._locks.pop(vm_id, None)
         self._restart_failures.pop(vm_id, None)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bramble.api import schemas
-from bramble.db.models import EventRow, FlavorRow, ImageRow, NodeRow, OperationRow, VmRow
+from bramble.db.models import EventRow, FlavorRow, ImageRow, NetworkRow, NicRow, NodeRow, OperationRow, VmRow
+from bramble.network.driver import bridge_name, tap_name
 
 VNC_BASE_PORT = 5900
 
@@ -29,7 +30,12 @@ def flavor(row: FlavorRow) -> schemas.Flavor:
     return schemas.Flavor(id=row.id, name=row.name, cpus=row.cpus, memory_mib=row.memory_mib, disk_gib=row.disk_gib)
 
 
-def vm(row: VmRow, image_row: ImageRow | None = None, flavor_row: FlavorRow | None = None) -> schemas.Vm:
+def vm(
+    row: VmRow,
+    image_row: ImageRow | None = None,
+    flavor_row: FlavorRow | None = None,
+    nics: list[tuple[NicRow, NetworkRow]] | None = None,
+) -> schemas.Vm:
     vnc = None
     if row.vnc_display is not None and row.state in ("running", "paused"):
         vnc = f"127.0.0.1:{VNC_BASE_PORT + row.vnc_display}"
@@ -52,6 +58,27 @@ def vm(row: VmRow, image_row: ImageRow | None = None, flavor_row: FlavorRow | No
         vnc=vnc,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        nics=[
+            schemas.VmNic(network=network.name, mac=nic.mac, address=nic.address, tap=tap_name(nic.id))
+            for nic, network in nics or []
+        ],
+    )
+
+
+def network(row: NetworkRow, nics: int = 0, ports: list[tuple[NicRow, str]] | None = None) -> schemas.Network:
+    return schemas.Network(
+        id=row.id,
+        name=row.name,
+        cidr=row.cidr,
+        gateway=row.gateway,
+        dns=[a for a in row.dns.split(",") if a],
+        nat=row.nat,
+        uplink=row.uplink,
+        vlan=row.vlan,
+        bridge=bridge_name(row.id),
+        nics=nics if ports is None else len(ports),
+        ports=[schemas.NetworkPort(vm=vm_name, address=nic.address, mac=nic.mac) for nic, vm_name in ports or []],
+        created_at=row.created_at,
     )
 
 

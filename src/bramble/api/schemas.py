@@ -72,6 +72,18 @@ class Flavor(BaseModel):
 
 
 # ---------------------------------------------------------------- VMs
+class VmNicRequest(Strict):
+    network: str = Field(min_length=1, max_length=63, description="network name or id")
+    address: str | None = Field(default=None, max_length=15, description="fixed IPv4 address; default: the next free")
+
+
+class VmNic(BaseModel):
+    network: str
+    mac: str
+    address: str
+    tap: str
+
+
 class VmCreate(Strict):
     name: str = Field(pattern=NAME_PATTERN, description=NAME_HELP)
     image: str = Field(description="image name or id")
@@ -81,6 +93,7 @@ class VmCreate(Strict):
     disk_gib: int | None = Field(default=None, ge=1, le=65536)
     arch: str | None = Field(default=None, description="defaults to the image's architecture")
     start: bool = True
+    nics: list[VmNicRequest] = Field(default=[], max_length=8, description="one NIC per entry, in guest order")
 
 
 class VmAction(Strict):
@@ -106,6 +119,7 @@ class Vm(BaseModel):
     vnc: str | None = None  # host:port, bound to localhost
     created_at: datetime
     updated_at: datetime
+    nics: list[VmNic] = []
 
 
 class ConsoleChunk(BaseModel):
@@ -284,3 +298,35 @@ class Removed(BaseModel):
     path: str
     commit: str | None = None
     git_error: str | None = None
+
+
+# ---------------------------------------------------------------- networks
+class NetworkCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_HELP)
+    cidr: str = Field(max_length=18, description="IPv4 subnet, like 10.20.0.0/24")
+    gateway: str | None = Field(default=None, max_length=15, description="default: the first host address")
+    dns: list[str] = Field(default=[], max_length=8, description="DNS servers handed out by DHCP")
+    nat: bool = Field(default=False, description="masquerade the subnet to anything outside it")
+    uplink: str | None = Field(default=None, max_length=15, description="host interface for NAT or the VLAN")
+    vlan: int | None = Field(default=None, ge=1, le=4094, description="802.1q id on the uplink")
+
+
+class NetworkPort(BaseModel):
+    vm: str
+    address: str
+    mac: str
+
+
+class Network(BaseModel):
+    id: str
+    name: str
+    cidr: str
+    gateway: str
+    dns: list[str] = []
+    nat: bool = False
+    uplink: str | None = None
+    vlan: int | None = None
+    bridge: str
+    nics: int = 0
+    ports: list[NetworkPort] = []
+    created_at: datetime

@@ -32,6 +32,26 @@ class DiskAttachment:
 
 
 @dataclass(frozen=True)
+class NicAttachment:
+    """One NIC as a node needs it: the tap QEMU opens, the guest's MAC and address, and the
+    network the tap's bridge serves (so the agent can build the bridge and its DHCP server
+    from the spec alone, without asking the control plane again)."""
+
+    nic_id: str
+    network_id: str
+    tap: str
+    bridge: str
+    mac: str
+    address: str
+    cidr: str
+    gateway: str
+    dns: tuple[str, ...] = ()
+    nat: bool = False
+    uplink: str | None = None
+    vlan: int | None = None
+
+
+@dataclass(frozen=True)
 class VmSpec:
     """Everything a driver needs to start one VM. Derived from the desired state."""
 
@@ -46,6 +66,7 @@ class VmSpec:
     cmdline: str | None = None
     vnc_display: int | None = None  # VNC port is 5900 + display, bound to localhost
     accel: str = "tcg"  # kvm | tcg
+    nics: tuple[NicAttachment, ...] = ()  # in guest order: eth0, eth1, ...
 
 
 @dataclass

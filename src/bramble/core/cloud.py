@@ -10,6 +10,7 @@ from bramble.core.errors import Invalid, NotFound
 from bramble.core.flavors import FlavorService
 from bramble.core.images import ImageService
 from bramble.core.machines import MachineService, ProfileService
+from bramble.core.networks import NetworkService
 from bramble.core.nodes import NodeService
 from bramble.core.tokens import TokenService
 from bramble.core.vms import VmService
@@ -22,6 +23,7 @@ class Cloud:
         self.images = ImageService(deps)
         self.flavors = FlavorService(deps)
         self.vms = VmService(deps)
+        self.networks: NetworkService = self.vms.networks
         self.nodes = NodeService(deps)
         self.machines = MachineService(deps)
         self.profiles = ProfileService(deps)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from bramble.audit import store as audit
 from bramble.compute.driver import DesiredVm, HostFacts, PowerState, VmRuntime
 from bramble.core.deps import CoreDeps
+from bramble.core.networks import attachment, nics_by_vm
 from bramble.core.vms import state_name, vm_spec
 from bramble.db.models import ImageRow, NodeRow, VmRow, utcnow
 
@@ -76,8 +77,13 @@ class NodeService:
                     .where(VmRow.node == node, VmRow.state.not_in(TRANSITIONAL))
                 )
             ).all()
+            nics = await nics_by_vm(session, [vm.id for vm, _ in rows])
         return [
-            DesiredVm(spec=vm_spec(vm, image), desired_state=vm.desired_state, disk_id=vm.id)
+            DesiredVm(
+                spec=vm_spec(vm, image, [attachment(n, net) for n, net in nics.get(vm.id, [])]),
+                desired_state=vm.desired_state,
+                disk_id=vm.id,
+            )
             for vm, image in rows
             if not self.deps.runner.is_busy(f"vm/{vm.name}")
         ]
@@ -92,12 +98,14 @@ class NodeService:
                     .where(VmRow.id == vm_id, VmRow.node == node)
                 )
             ).first()
+            nics = await nics_by_vm(session, [vm_id])
         if row is None:
             return None
         vm, image = row
         if vm.state in TRANSITIONAL or self.deps.runner.is_busy(f"vm/{vm.name}"):
             return None
-        return DesiredVm(spec=vm_spec(vm, image), desired_state=vm.desired_state, disk_id=vm.id)
+        spec = vm_spec(vm, image, [attachment(n, net) for n, net in nics.get(vm.id, [])])
+        return DesiredVm(spec=spec, desired_state=vm.desired_state, disk_id=vm.id)
 
     async def known_vm_ids(self, node: str) -> set[str]:
         """Every VM the database places on ``node``, whatever its state."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bramble.compute.arch import UnknownArch, canonical_arch, get_profile
-from bramble.compute.driver import ConsoleData, DiskAttachment, PowerState, VmRuntime, VmSpec
+from bramble.compute.driver import ConsoleData, DiskAttachment, NicAttachment, PowerState, VmRuntime, VmSpec
 from bramble.core.context import SYSTEM, RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NoCapacity, NotFound
 from bramble.core.gateway import NodeGateway
 from bramble.core.images import stored_image
+from bramble.core.networks import NetworkService, NicRequest, attachment, nics_by_vm
 from bramble.core.operations import OperationHandle
 from bramble.db.models import FlavorRow, ImageRow, NodeRow, OperationRow, VmRow, utcnow
 from bramble.scheduler.placement import NodeCapacity, NoPlacement, PlacementRequest, place
@@ -42,6 +44,7 @@ class VmRequest:
     disk_gib: int | None = None
     arch: str | None = None
     start: bool = True
+    nics: tuple[NicRequest, ...] = ()
 
 
 def vm_summary(row: VmRow) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def vm_summary(row: VmRow) -> dict[str, Any]:
     }
 
 
-def vm_spec(row: VmRow, image: ImageRow | None) -> VmSpec:
+def vm_spec(row: VmRow, image: ImageRow | None, nics: Sequence[NicAttachment] = ()) -> VmSpec:
     """The driver's view of a VM, derived from its row and image every time (never stored)."""
     disks: list[DiskAttachment] = []
     if row.disk_path:
@@ -76,12 +79,14 @@ def vm_spec(row: VmRow, image: ImageRow | None) -> VmSpec:
         initrd=image.initrd_path if image else None,
         cmdline=image.cmdline if image else None,
         vnc_display=row.vnc_display,
+        nics=tuple(nics),
     )
 
 
 class VmService:
     def __init__(self, deps: CoreDeps) -> None:
         self.deps = deps
+        self.networks = NetworkService(deps)
 
     # ------------------------------------------------------------------ reading
     async def list_all(self) -> list[tuple[VmRow, ImageRow | None, FlavorRow | None]]:
@@ -100,6 +105,16 @@ class VmService:
             image = await session.get(ImageRow, vm.image_id) if vm.image_id else None
             flavor = await session.get(FlavorRow, vm.flavor_id) if vm.flavor_id else None
             return vm, image, flavor
+
+    async def nics(self, vm_ids: Sequence[str] | None = None) -> dict[str, list[tuple[Any, Any]]]:
+        """(NIC, network) rows per VM id, in guest order."""
+        async with self.deps.db.read() as session:
+            return dict(await nics_by_vm(session, vm_ids))
+
+    async def spec(self, row: VmRow, image: ImageRow | None) -> VmSpec:
+        """The driver's view of a VM with its NICs read fresh."""
+        pairs = (await self.nics([row.id])).get(row.id, [])
+        return vm_spec(row, image, [attachment(nic, network) for nic, network in pairs])
 
     def _gateway(self, row: VmRow) -> NodeGateway:
         if row.node is None:
@@ -126,7 +141,7 @@ class VmService:
             if req.start:
                 await op.progress(40, "starting")
                 op.undo.push("stop the QEMU process", lambda: gateway.destroy_vm(row.id))
-                runtime = await gateway.start_vm(vm_spec(row, image))
+                runtime = await gateway.start_vm(await self.spec(row, image))
                 await self._apply_runtime(row.id, runtime, state="running")
             else:
                 await self._update(row.id, state="stopped", state_reason="created without starting")
@@ -141,6 +156,7 @@ class VmService:
         async with self.deps.db.read() as session:
             image = await find_by_ref(session, ImageRow, req.image, "image")
             flavor = await find_by_ref(session, FlavorRow, req.flavor, "flavor") if req.flavor else None
+            await self.networks.resolve(session, req.nics)  # an unknown network is a 404 before anything
         if image.status != "active":
             raise Conflict(f"image {image.name!r} is {image.status}, not active")
         cpus = req.cpus or (flavor.cpus if flavor else None)
@@ -184,6 +200,10 @@ class VmService:
                 row.node = await self._place(session, arch, cpus, memory)
                 row.vnc_display = await self._free_vnc_display(session)
                 session.add(row)
+                if req.nics:
+                    # Addresses are decided under the same lock as the insert (see NetworkService.allocate).
+                    await session.flush()
+                    await self.networks.allocate(session, row.id, req.nics)
         except IntegrityError:
             raise Conflict(f"a VM named {req.name!r} already exists") from None
         return row, image
@@ -255,7 +275,7 @@ class VmService:
             if action == "start":
                 await self._update(vm.id, desired_state="running")
                 op.undo.push("restore desired state", lambda: self._update(vm.id, desired_state=vm.desired_state))
-                runtime = await gateway.start_vm(vm_spec(vm, image))
+                runtime = await gateway.start_vm(await self.spec(vm, image))
             elif action == "stop":
                 await self._update(vm.id, desired_state="stopped")
                 runtime = await gateway.stop_vm(vm.id, force=force)
@@ -364,9 +384,11 @@ class VmService:
         await self._update(vm_id, **values)
 
     async def _delete_row(self, vm_id: str) -> None:
+        """Remove the VM; its addresses start their quarantine in the same transaction."""
         async with self.deps.db.write() as session:
             row = await session.get(VmRow, vm_id)
             if row is not None:
+                await self.networks.release(session, vm_id)
                 await session.delete(row)
 
 

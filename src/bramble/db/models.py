@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -150,3 +162,42 @@ class ApiTokenRow(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16), default="admin")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NetworkRow(Base):
+    """A VM network: one IPv4 subnet, a bridge on every node that has VMs on it."""
+
+    __tablename__ = "networks"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    cidr: Mapped[str] = mapped_column(String(18))
+    gateway: Mapped[str] = mapped_column(String(15))
+    dns: Mapped[str] = mapped_column(String(255), default="")  # comma separated addresses
+    nat: Mapped[bool] = mapped_column(Boolean, default=False)
+    uplink: Mapped[str | None] = mapped_column(String(15))
+    vlan: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NicRow(Base):
+    """A VM's NIC on one network. The unique keys are what make concurrent allocation safe."""
+
+    __tablename__ = "nics"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id", ondelete="RESTRICT"))
+    position: Mapped[int] = mapped_column(Integer)  # order on the VM: eth0, eth1, ...
+    address: Mapped[str] = mapped_column(String(15))
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("network_id", "address", name="uq_nics_network_address"),)
+
+
+class IpReleaseRow(Base):
+    """When an address last left a NIC: IPAM keeps it out of use for the quarantine after that."""
+
+    __tablename__ = "ip_releases"
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id", ondelete="CASCADE"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(15), primary_key=True)
+    freed_at: Mapped[datetime] = mapped_column()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, status
 
 from bramble.api import convert, schemas
 from bramble.api.deps import CloudDep, ContextDep
+from bramble.core.networks import NicRequest
 from bramble.core.vms import VmRequest
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
@@ -15,19 +16,26 @@ CONSOLE_TAIL_DEFAULT = 16 * 1024
 
 @router.get("", response_model=list[schemas.Vm])
 async def list_vms(cloud: CloudDep, ctx: ContextDep) -> list[schemas.Vm]:
-    return [convert.vm(*row) for row in await cloud.vms.list_all()]
+    rows = await cloud.vms.list_all()
+    nics = await cloud.vms.nics()
+    return [convert.vm(vm, image, flavor, nics.get(vm.id)) for vm, image, flavor in rows]
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
 async def create_vm(body: schemas.VmCreate, cloud: CloudDep, ctx: ContextDep) -> schemas.Accepted:
     """Validate at once (4xx on bad input), then create and boot in the background."""
-    row, op = await cloud.vms.create(ctx, VmRequest(**body.model_dump()))
-    return schemas.Accepted(operation=convert.operation(op), vm=convert.vm(row))
+    fields = body.model_dump(exclude={"nics"})
+    nics = tuple(NicRequest(network=n.network, address=n.address) for n in body.nics)
+    row, op = await cloud.vms.create(ctx, VmRequest(**fields, nics=nics))
+    return schemas.Accepted(
+        operation=convert.operation(op), vm=convert.vm(row, nics=(await cloud.vms.nics([row.id])).get(row.id))
+    )
 
 
 @router.get("/{ref}", response_model=schemas.Vm)
 async def show_vm(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Vm:
-    return convert.vm(*(await cloud.vms.get(ref)))
+    vm, image, flavor = await cloud.vms.get(ref)
+    return convert.vm(vm, image, flavor, (await cloud.vms.nics([vm.id])).get(vm.id))
 
 
 @router.post("/{ref}/actions/{action}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from bramble.compute.driver import VmSpec
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 DISK_FORMATS = {"qcow2": "qcow2", "raw": "raw", "iso": "raw"}
 MEDIA = ("disk", "cdrom")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,26 @@ def _disk_args(spec: VmSpec, profile: ArchProfile) -> list[str]:
     return args
 
 
+def _nic_args(spec: VmSpec, profile: ArchProfile) -> list[str]:
+    """A tap netdev per NIC, opened by name (the agent made it persistent, on its bridge).
+
+    ``script=no,downscript=no``: QEMU must not run /etc/qemu-ifup; the agent owns the tap.
+    Without NICs, ``-nic none`` keeps the guest off any network.
+    """
+    if not spec.nics:
+        return ["-nic", "none"]
+    args: list[str] = []
+    for index, nic in enumerate(spec.nics):
+        if not _MAC.match(nic.mac):
+            raise ValueError(f"NIC {nic.nic_id}: MAC {nic.mac!r} must be lower-case colon form")
+        if not _IFNAME.match(nic.tap):
+            raise ValueError(f"NIC {nic.nic_id}: tap {nic.tap!r} is not a valid interface name")
+        netdev = f"net{index}"
+        args += ["-netdev", f"tap,id={netdev},ifname={nic.tap},script=no,downscript=no"]
+        args += ["-device", f"{profile.nic_model},netdev={netdev},mac={nic.mac},id={netdev}-dev"]
+    return args
+
+
 def build_argv(spec: VmSpec, profile: ArchProfile, paths: RuntimePaths, *, accel: str) -> list[str]:
     """The full argv (binary first) that starts ``spec`` as a daemonized QEMU.
 
@@ -184,9 +207,8 @@ def build_argv(spec: VmSpec, profile: ArchProfile, paths: RuntimePaths, *, accel
         f"socket,id=qmp,path={qemu_opt(qmp_socket_arg(paths))},server=on,wait=off",
         "-mon",
         "chardev=qmp,mode=control",
-        "-nic",
-        "none",
     ]
+    argv += _nic_args(spec, profile)
     argv += _disk_args(spec, profile)
     if spec.kernel is not None:
         argv += ["-kernel", spec.kernel]

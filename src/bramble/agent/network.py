@@ -1,0 +1,182 @@
+"""The node's side of VM networks: bridges, taps, the firewall and one DHCP server per network.
+
+Everything is derived from the specs of the VMs this node runs (``VmSpec.nics``): a bridge
+exists while a NIC on it does, and each network's DHCP server answers exactly the MAC -> IP
+reservations IPAM decided for the NICs here (no dynamic range: a stranger on the bridge gets
+nothing). Security groups are part 2; until then every NIC gets an allow-all policy, which
+still pins the tap to its MAC and address (anti-spoofing) and is applied before QEMU starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv4Network
+
+from bramble.boot.dhcp import DhcpConfig, DhcpServer
+from bramble.boot.leases import LeaseStore, Reservation
+from bramble.compute.driver import NicAttachment, VmSpec
+from bramble.network.driver import NetworkDriver, NetworkSpec, NicSpec, Rule, SecurityPolicy
+
+log = logging.getLogger(__name__)
+
+ALLOW_ALL = (Rule(),)
+
+
+class DhcpHandle:
+    """A running reservations-only DHCP server on one network's bridge."""
+
+    def __init__(self, server: DhcpServer, store: LeaseStore) -> None:
+        self.server, self.store = server, store
+
+    def set_reservations(self, reservations: Mapping[str, Reservation]) -> None:
+        self.server.set_reservations(reservations)
+
+    async def close(self) -> None:
+        await self.server.close()
+        self.store.close()
+
+
+def network_spec(nic: NicAttachment) -> NetworkSpec:
+    return NetworkSpec(
+        id=nic.network_id,
+        cidr=IPv4Network(nic.cidr),
+        gateway=IPv4Address(nic.gateway),
+        nat=nic.nat,
+        uplink=nic.uplink,
+        vlan=nic.vlan,
+    )
+
+
+def permissive_policy(nic: NicAttachment) -> SecurityPolicy:
+    return SecurityPolicy(
+        tap=nic.tap,
+        bridge=nic.bridge,
+        mac=nic.mac,
+        ip=IPv4Address(nic.address),
+        ingress=ALLOW_ALL,
+        egress=ALLOW_ALL,
+    )
+
+
+class NodeNetworks:
+    """Plugs and unplugs VMs' NICs through a NetworkDriver; one lock, because the firewall is one table."""
+
+    def __init__(
+        self,
+        driver: NetworkDriver,
+        *,
+        dhcp_port: int = 67,
+        lease_seconds: int = 3600,
+        serve_dhcp: bool = True,
+    ) -> None:
+        self.driver = driver
+        self.dhcp_port = dhcp_port
+        self.lease_seconds = lease_seconds
+        self.serve_dhcp = serve_dhcp
+        self._plugged: dict[str, tuple[NicAttachment, ...]] = {}  # vm id -> its NICs
+        self._dhcp: dict[str, DhcpHandle] = {}  # network id -> server
+        self._lock = asyncio.Lock()
+
+    def nics(self) -> list[NicAttachment]:
+        return [nic for nics in self._plugged.values() for nic in nics]
+
+    def reservations(self) -> dict[str, dict[str, Reservation]]:
+        """Per network id: the MAC -> address answers its DHCP server gives (exactly IPAM's decisions)."""
+        result: dict[str, dict[str, Reservation]] = {}
+        for nic in self.nics():
+            result.setdefault(nic.network_id, {})[nic.mac] = Reservation(ip=IPv4Address(nic.address))
+        return result
+
+    async def plug(self, spec: VmSpec) -> None:
+        """Bridges, taps and the VM's firewall entries, before QEMU opens the taps. Idempotent."""
+        async with self._lock:
+            if self._plugged.get(spec.vm_id, ()) == spec.nics and all(n.tap in self._taps() for n in spec.nics):
+                return
+            if not spec.nics and spec.vm_id not in self._plugged:
+                return
+            stale = {n.tap for n in self._plugged.get(spec.vm_id, ())} - {n.tap for n in spec.nics}
+            for nic in spec.nics:
+                await asyncio.to_thread(self.driver.ensure_network, network_spec(nic))
+                await asyncio.to_thread(
+                    self.driver.ensure_tap,
+                    NicSpec(
+                        vm_id=spec.vm_id,
+                        nic_id=nic.nic_id,
+                        mac=nic.mac,
+                        ip=IPv4Address(nic.address),
+                        bridge=nic.bridge,
+                        tap=nic.tap,
+                    ),
+                )
+            self._plugged[spec.vm_id] = spec.nics
+            for tap in stale:
+                await asyncio.to_thread(self.driver.remove_tap, tap)
+            await self._apply_firewall()
+            await self._sync_dhcp()
+
+    async def unplug(self, vm_id: str) -> None:
+        """Remove the VM's taps; a network's bridge and DHCP server go with its last NIC on this node."""
+        async with self._lock:
+            nics = self._plugged.pop(vm_id, ())
+            if not nics:
+                return
+            await self._apply_firewall()
+            for nic in nics:
+                await asyncio.to_thread(self.driver.remove_tap, nic.tap)
+            in_use = {n.network_id for n in self.nics()}
+            for network_id in {n.network_id for n in nics} - in_use:
+                await asyncio.to_thread(self.driver.remove_network, network_id)
+            await self._sync_dhcp()
+
+    def _taps(self) -> set[str]:
+        return set(self.driver.observe().taps)
+
+    async def _apply_firewall(self) -> None:
+        policies = [permissive_policy(nic) for nic in self.nics()]
+        await asyncio.to_thread(self.driver.apply_security, policies, {})
+
+    async def _sync_dhcp(self) -> None:
+        if not self.serve_dhcp:
+            return
+        wanted = self.reservations()
+        for network_id in list(self._dhcp):
+            if network_id not in wanted:
+                await self._dhcp.pop(network_id).close()
+        for network_id, reservations in wanted.items():
+            server = self._dhcp.get(network_id)
+            if server is None:
+                sample = next(n for n in self.nics() if n.network_id == network_id)
+                self._dhcp[network_id] = await self._start_dhcp(sample, reservations)
+            else:
+                server.set_reservations(reservations)
+
+    async def _start_dhcp(self, nic: NicAttachment, reservations: Mapping[str, Reservation]) -> DhcpHandle:
+        gateway = IPv4Address(nic.gateway)
+        config = DhcpConfig(
+            server_ip=gateway,
+            subnet=IPv4Network(nic.cidr),
+            router=gateway,
+            dns=tuple(IPv4Address(a) for a in nic.dns),
+            lease_seconds=self.lease_seconds,
+            # IPAM already keeps freed addresses out of use; the lease store must not add its own wait.
+            quarantine_seconds=0,
+            reservations=dict(reservations),
+        )
+        store = LeaseStore(None, config.pool())
+        server = DhcpServer(config, store, interface=nic.bridge, port=self.dhcp_port)
+        try:
+            await server.start()
+        except OSError as exc:
+            store.close()
+            log.error("dhcp for network %s on %s could not start: %s", nic.network_id, nic.bridge, exc)
+            raise
+        return DhcpHandle(server, store)
+
+    async def close(self) -> None:
+        """Stop the DHCP servers; bridges and taps stay, for the VMs that keep running."""
+        async with self._lock:
+            for handle in self._dhcp.values():
+                await handle.close()
+            self._dhcp.clear()

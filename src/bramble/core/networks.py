@@ -1,0 +1,327 @@
+"""VM networks and the address/MAC allocation of their NICs.
+
+A network is a row (subnet, gateway, DNS, NAT, uplink/VLAN); nodes build its bridge when a VM
+on it starts there. IPAM (``bramble.ipam``) only decides: the decision and the NIC insert share
+one write transaction, and the unique keys on (network, address) and MAC back it up, so
+concurrent creates never share an address.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from ipaddress import AddressValueError, IPv4Address, IPv4Network
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bramble.compute.driver import NicAttachment
+from bramble.core.context import RequestContext
+from bramble.core.deps import CoreDeps, find_by_ref
+from bramble.core.errors import Conflict, Invalid, NoCapacity
+from bramble.core.operations import OperationHandle
+from bramble.db.models import IpReleaseRow, NetworkRow, NicRow, VmRow, utcnow
+from bramble.ipam import (
+    AddressError,
+    AddressInQuarantine,
+    AddressInUse,
+    InvalidNetwork,
+    NetworkExhausted,
+    Subnet,
+    check_requested,
+    choose_address,
+    new_mac,
+    parse_network,
+)
+from bramble.network.driver import bridge_name, tap_name
+
+IFNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+@dataclass(frozen=True)
+class NetworkRequest:
+    name: str
+    cidr: str
+    gateway: str | None = None
+    dns: tuple[str, ...] = ()
+    nat: bool = False
+    uplink: str | None = None
+    vlan: int | None = None
+
+
+@dataclass(frozen=True)
+class NicRequest:
+    """One ``--net NAME[:IP]``: a network by name or id, and optionally the address wanted."""
+
+    network: str
+    address: str | None = None
+
+
+def network_summary(row: NetworkRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "cidr": row.cidr,
+        "gateway": row.gateway,
+        "dns": dns_list(row),
+        "nat": row.nat,
+        "uplink": row.uplink,
+        "vlan": row.vlan,
+    }
+
+
+def dns_list(row: NetworkRow) -> list[str]:
+    return [a for a in row.dns.split(",") if a]
+
+
+def subnet_of(row: NetworkRow) -> Subnet:
+    return Subnet(cidr=IPv4Network(row.cidr), gateway=IPv4Address(row.gateway))
+
+
+def attachment(nic: NicRow, network: NetworkRow) -> NicAttachment:
+    """What a node needs to plug one NIC: names derived from ids, never stored."""
+    return NicAttachment(
+        nic_id=nic.id,
+        network_id=network.id,
+        tap=tap_name(nic.id),
+        bridge=bridge_name(network.id),
+        mac=nic.mac,
+        address=nic.address,
+        cidr=network.cidr,
+        gateway=network.gateway,
+        dns=tuple(dns_list(network)),
+        nat=network.nat,
+        uplink=network.uplink,
+        vlan=network.vlan,
+    )
+
+
+async def nics_by_vm(
+    session: AsyncSession, vm_ids: Sequence[str] | None = None
+) -> dict[str, list[tuple[NicRow, NetworkRow]]]:
+    """NICs with their networks, per VM, in guest order (all VMs when ``vm_ids`` is None)."""
+    stmt = select(NicRow, NetworkRow).join(NetworkRow, NicRow.network_id == NetworkRow.id)
+    if vm_ids is not None:
+        stmt = stmt.where(NicRow.vm_id.in_(list(vm_ids)))
+    result: dict[str, list[tuple[NicRow, NetworkRow]]] = {}
+    for nic, network in (await session.execute(stmt.order_by(NicRow.vm_id, NicRow.position))).all():
+        result.setdefault(nic.vm_id, []).append((nic, network))
+    return result
+
+
+def _check_definition(req: NetworkRequest) -> None:
+    """What parse_network does not cover: DNS addresses, the uplink name, the VLAN id."""
+    for address in req.dns:
+        try:
+            IPv4Address(address)
+        except AddressValueError:
+            raise Invalid(f"DNS server {address!r} is not an IPv4 address") from None
+    if req.uplink is not None and (not 1 <= len(req.uplink) <= 15 or not set(req.uplink) <= IFNAME_CHARS):
+        raise Invalid(f"uplink {req.uplink!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
+    if req.vlan is not None:
+        if req.uplink is None:
+            raise Invalid("a VLAN needs --uplink, the interface that carries it")
+        if not 1 <= req.vlan <= 4094:
+            raise Invalid(f"VLAN id {req.vlan} is outside 1-4094")
+
+
+class NetworkService:
+    def __init__(self, deps: CoreDeps) -> None:
+        self.deps = deps
+
+    @property
+    def quarantine(self) -> timedelta:
+        return timedelta(seconds=self.deps.settings.network.quarantine_seconds)
+
+    # ------------------------------------------------------------------ reading
+    async def list_all(self) -> list[tuple[NetworkRow, int]]:
+        """Every network with the number of NICs on it."""
+        async with self.deps.db.read() as session:
+            counts = dict(
+                (await session.execute(select(NicRow.network_id, func.count()).group_by(NicRow.network_id))).all()
+            )
+            rows = list((await session.scalars(select(NetworkRow).order_by(NetworkRow.name))).all())
+        return [(row, int(counts.get(row.id, 0))) for row in rows]
+
+    async def get(self, ref: str) -> NetworkRow:
+        async with self.deps.db.read() as session:
+            return await find_by_ref(session, NetworkRow, ref, "network")
+
+    async def ports(self, network_id: str) -> list[tuple[NicRow, str]]:
+        """The NICs on a network with their VM's name, by address."""
+        async with self.deps.db.read() as session:
+            rows = (
+                await session.execute(
+                    select(NicRow, VmRow.name)
+                    .join(VmRow, NicRow.vm_id == VmRow.id)
+                    .where(NicRow.network_id == network_id)
+                )
+            ).all()
+        return sorted(((nic, name) for nic, name in rows), key=lambda item: IPv4Address(item[0].address))
+
+    # ------------------------------------------------------------------ create / delete
+    async def create(self, ctx: RequestContext, req: NetworkRequest) -> NetworkRow:
+        target = f"network/{req.name}"
+        async with self.deps.runner.validating(ctx, "network.create", target):
+            _check_definition(req)
+            try:
+                parse_network(req.cidr, req.gateway)
+            except InvalidNetwork as exc:
+                raise Invalid(str(exc)) from None
+
+        async def work(op: OperationHandle) -> dict[str, Any]:
+            try:
+                async with self.deps.db.write() as session:
+                    # Overlap is decided where the row is written: two creates cannot both pass.
+                    await self.deps.db.serialize(session, "networks")
+                    if await session.scalar(select(NetworkRow.id).where(NetworkRow.name == req.name)):
+                        raise Conflict(f"network {req.name!r} already exists")
+                    existing = {
+                        IPv4Network(cidr): name
+                        for cidr, name in (await session.execute(select(NetworkRow.cidr, NetworkRow.name))).all()
+                    }
+                    try:
+                        subnet = parse_network(req.cidr, req.gateway, existing)
+                    except InvalidNetwork as exc:
+                        message = str(exc)
+                        for cidr, name in existing.items():
+                            if message.endswith(str(cidr)):
+                                raise Conflict(f"{message} (network {name!r})") from None
+                        raise Invalid(message) from None
+                    row = NetworkRow(
+                        id=str(uuid.uuid4()),
+                        name=req.name,
+                        cidr=str(subnet.cidr),
+                        gateway=str(subnet.gateway),
+                        dns=",".join(req.dns),
+                        nat=req.nat,
+                        uplink=req.uplink,
+                        vlan=req.vlan,
+                        created_at=utcnow(),
+                    )
+                    session.add(row)
+            except IntegrityError:
+                raise Conflict(f"network {req.name!r} already exists") from None
+            op.after = network_summary(row)
+            created.append(row)
+            return {"network_id": row.id}
+
+        created: list[NetworkRow] = []
+        await self.deps.runner.run(ctx, "network.create", target, work)
+        return created[0]
+
+    async def delete(self, ctx: RequestContext, ref: str) -> None:
+        async with self.deps.runner.validating(ctx, "network.delete", f"network/{ref}"):
+            row = await self.get(ref)
+
+        async def work(op: OperationHandle) -> None:
+            async with self.deps.db.write() as session:
+                users = sorted(
+                    set(
+                        (
+                            await session.scalars(
+                                select(VmRow.name)
+                                .join(NicRow, NicRow.vm_id == VmRow.id)
+                                .where(NicRow.network_id == row.id)
+                            )
+                        ).all()
+                    )
+                )
+                if users:
+                    shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+                    raise Conflict(f"network {row.name!r} is in use by VM(s) {shown}; delete them first")
+                await session.execute(delete(IpReleaseRow).where(IpReleaseRow.network_id == row.id))
+                current = await session.get(NetworkRow, row.id)
+                if current is not None:
+                    await session.delete(current)
+            op.before = network_summary(row)
+
+        # Bridges go away on each node with their last tap (the agent's job), so this is rows only.
+        await self.deps.runner.run(ctx, "network.delete", f"network/{row.name}", work)
+
+    # ------------------------------------------------------------------ allocation (inside the VM insert)
+    async def resolve(self, session: AsyncSession, requests: Sequence[NicRequest]) -> list[NetworkRow]:
+        """The networks asked for, or NotFound naming the first unknown one."""
+        return [await find_by_ref(session, NetworkRow, req.network, "network") for req in requests]
+
+    async def allocate(
+        self, session: AsyncSession, vm_id: str, requests: Sequence[NicRequest], now: datetime | None = None
+    ) -> list[NicRow]:
+        """Give each requested NIC an address and a MAC, in the caller's write transaction.
+
+        Bad or taken addresses raise (409 for taken or quarantined, 422 for the rest); the
+        caller's transaction then rolls back, so nothing of the VM is left.
+        """
+        now = now or utcnow()
+        networks = await self.resolve(session, requests)
+        nics: list[NicRow] = []
+        taken_macs: set[str] = set()
+        for position, (req, network) in enumerate(zip(requests, networks, strict=True)):
+            in_use = {
+                IPv4Address(a)
+                for a in (await session.scalars(select(NicRow.address).where(NicRow.network_id == network.id))).all()
+            }
+            in_use |= {IPv4Address(n.address) for n in nics if n.network_id == network.id}
+            freed = {
+                IPv4Address(address): freed_at
+                for address, freed_at in (
+                    await session.execute(
+                        select(IpReleaseRow.address, IpReleaseRow.freed_at).where(IpReleaseRow.network_id == network.id)
+                    )
+                ).all()
+            }
+            subnet = subnet_of(network)
+            try:
+                if req.address is not None:
+                    address = check_requested(subnet, req.address, in_use, freed, now, self.quarantine)
+                else:
+                    address = choose_address(subnet, in_use, freed, now, self.quarantine)
+            except (AddressInUse, AddressInQuarantine) as exc:
+                raise Conflict(f"network {network.name!r}: {exc}") from None
+            except AddressError as exc:
+                raise Invalid(f"network {network.name!r}: {exc}") from None
+            except NetworkExhausted as exc:
+                raise NoCapacity(f"network {network.name!r}: {exc}") from None
+            if address in freed:
+                await session.execute(
+                    delete(IpReleaseRow).where(
+                        IpReleaseRow.network_id == network.id, IpReleaseRow.address == str(address)
+                    )
+                )
+            mac = await self._unused_mac(session, taken_macs)
+            taken_macs.add(mac)
+            nics.append(
+                NicRow(
+                    id=str(uuid.uuid4()),
+                    vm_id=vm_id,
+                    network_id=network.id,
+                    position=position,
+                    address=str(address),
+                    mac=mac,
+                    created_at=now,
+                )
+            )
+        session.add_all(nics)
+        return nics
+
+    @staticmethod
+    async def _unused_mac(session: AsyncSession, taken: set[str]) -> str:
+        """A random Bramble MAC the table does not hold (checked by the unique index, not a full read)."""
+        while True:
+            mac = new_mac(taken)
+            if await session.scalar(select(NicRow.id).where(NicRow.mac == mac)) is None:
+                return mac
+            taken.add(mac)
+
+    @staticmethod
+    async def release(session: AsyncSession, vm_id: str, now: datetime | None = None) -> list[NicRow]:
+        """Free a VM's addresses (in the transaction that deletes it): each starts its quarantine now."""
+        now = now or utcnow()
+        nics = list((await session.scalars(select(NicRow).where(NicRow.vm_id == vm_id))).all())
+        for nic in nics:
+            await session.merge(IpReleaseRow(network_id=nic.network_id, address=nic.address, freed_at=now))
+            await session.delete(nic)
+        return nics
