@@ -12,6 +12,7 @@ import pytest
 from bramble.api.app import create_app
 from bramble.config import Settings
 from bramble.daemon import Services, build_services
+from tests.ceph_cluster import CephCluster, ceph_cluster, missing_binaries
 from tests.qemu_helpers import build_guests
 
 
@@ -67,3 +68,13 @@ async def api(services: Services) -> AsyncIterator[httpx.AsyncClient]:
 def guests() -> dict[str, Path]:
     """Tiny Debian guests (cloud kernel + busybox initramfs), built once and cached."""
     return build_guests()
+
+
+@pytest.fixture(scope="session")
+def ceph() -> Iterator[CephCluster]:
+    """A throwaway Ceph cluster (1 mon + 1 memstore OSD on 127.0.0.1) shared by the session."""
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"Ceph not installed ({', '.join(missing)}); run make test-deps")
+    with ceph_cluster() as cluster:
+        yield cluster
