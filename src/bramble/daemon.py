@@ -23,6 +23,7 @@ import uvicorn
 
 from bramble import __version__
 from bramble.agent.agent import Agent
+from bramble.agent.network import NodeNetworks
 from bramble.api.app import create_app
 from bramble.boot.inventory import Inventory
 from bramble.compute.driver import ComputeDriver
@@ -63,6 +64,21 @@ def make_compute(settings: Settings, accel: str) -> ComputeDriver:
     from bramble.compute.qemu.driver import QemuDriver
 
     return QemuDriver(settings.state_dir / "run", accel=accel, stop_timeout=settings.compute.stop_timeout_seconds)
+
+
+def make_networks(settings: Settings) -> NodeNetworks:
+    """Linux bridges with QEMU; in memory (and no DHCP sockets) with the fake compute driver."""
+    driver = settings.network.driver
+    if driver == "auto":
+        driver = "fake" if settings.compute.driver == "fake" else "bridge"
+    net = settings.network
+    if driver == "fake":
+        from bramble.network.fake import FakeNetworkDriver
+
+        return NodeNetworks(FakeNetworkDriver(), serve_dhcp=False)
+    from bramble.network.bridge import BridgeDriver
+
+    return NodeNetworks(BridgeDriver(), dhcp_port=net.dhcp_port, lease_seconds=net.dhcp_lease_seconds)
 
 
 def make_storage(settings: Settings) -> StorageDriver:
@@ -150,6 +166,7 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
             stop_timeout=settings.compute.stop_timeout_seconds,
             reconcile_interval=settings.agent.reconcile_interval_seconds,
             heartbeat_interval=settings.agent.heartbeat_seconds,
+            networks=make_networks(settings),
         )
         nodes.agents[node] = agent
         await agent.start()

@@ -110,10 +110,20 @@ class NodeNetworks:
                         tap=nic.tap,
                     ),
                 )
+            previous = self._plugged.get(spec.vm_id)
             self._plugged[spec.vm_id] = spec.nics
+            try:
+                await self._apply_firewall()
+            except Exception:
+                # The firewall kept its old rules (one transaction); so must our idea of what is plugged,
+                # or every later plug would resend the refused policy.
+                if previous is None:
+                    self._plugged.pop(spec.vm_id, None)
+                else:
+                    self._plugged[spec.vm_id] = previous
+                raise
             for tap in stale:
                 await asyncio.to_thread(self.driver.remove_tap, tap)
-            await self._apply_firewall()
             await self._sync_dhcp()
 
     async def unplug(self, vm_id: str) -> None:
