@@ -42,6 +42,7 @@ from bramble.proto.dhcp import (
     OPT_IPXE_ENCAP,
     OPT_LEASE_TIME,
     OPT_MESSAGE_TYPE,
+    OPT_PARAM_REQUEST_LIST,
     OPT_REBINDING_TIME,
     OPT_RENEWAL_TIME,
     OPT_ROUTER,
@@ -137,6 +138,25 @@ class DhcpConfig:
     offer_seconds: float = 30.0
     reservations: Mapping[str, Reservation] = field(default_factory=dict)
     boot_file_for: BootChooser | None = None
+    # Derived once, used per packet: option values that never change, and the subnet as integers.
+    _options: Mapping[int, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _net: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        options: dict[int, bytes] = {OPT_SUBNET_MASK: option_ip(self.subnet.netmask)}
+        if self.router is not None:
+            options[OPT_ROUTER] = option_ip(self.router)
+        if self.dns:
+            options[OPT_DNS_SERVERS] = option_ips(self.dns)
+        if self.domain:
+            options[OPT_DOMAIN_NAME] = option_str(self.domain)
+        options[OPT_BROADCAST] = option_ip(self.subnet.broadcast_address)
+        object.__setattr__(self, "_options", options)
+        object.__setattr__(self, "_net", (int(self.subnet.network_address), int(self.subnet.netmask)))
+
+    def on_link(self, ip: IPv4Address) -> bool:
+        network, mask = self._net
+        return int(ip) & mask == network
 
     def pool(self) -> Pool:
         """The allocation view for ``LeaseStore``: our own address and the router are never leased."""
@@ -153,7 +173,7 @@ class DhcpConfig:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     """What ``decide`` concluded: the reply (None for silence), why, and what the client was given.
 
@@ -168,7 +188,7 @@ class Decision:
     wire: bytes | None = field(default=None, repr=False, compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DhcpEvent:
     """One exchange, with what users ask about later (the boot role turns it into an audit event)."""
 
@@ -205,7 +225,7 @@ def decide(
     mtype = request.message_type
     if mtype is None:
         return Decision(None, "ignored", reason="plain BOOTP is not served")
-    if request.giaddr != _ZERO and request.giaddr not in config.subnet:
+    if request.giaddr != _ZERO and not config.on_link(request.giaddr):
         return Decision(None, "ignored", reason=f"relay {request.giaddr} is not in {config.subnet}")
     if mtype == DHCPDISCOVER:
         decision = _discover(request, store, config, now)
@@ -220,15 +240,16 @@ def decide(
     else:
         return Decision(None, "ignored", reason=f"message type {mtype} is not a client message")
     reply = decision.reply
-    if reply is None or reply.message_type == DHCPNAK:
-        return replace(decision, wire=None if reply is None else _fit(reply))
-    boot_file = None
+    if reply is None or decision.outcome == "nacked":
+        decision.wire = None if reply is None else _fit(reply)
+        return decision
     if config.boot_file_for is not None:
         answer = config.boot_file_for(client or PxeClient.from_request(request))
         if answer is not None:
             _add_boot(request, reply, answer, proxy=False)
-            boot_file = answer.file
-    return replace(decision, boot_file=boot_file, wire=_fit(reply))
+            decision.boot_file = answer.file
+    decision.wire = _fit(reply)
+    return decision
 
 
 def decide_proxy(
@@ -418,7 +439,7 @@ def _requested(request: DhcpPacket) -> IPv4Address | None:
 
 
 def _on_link(request: DhcpPacket, ip: IPv4Address, config: DhcpConfig) -> bool:
-    return ip in config.subnet
+    return config.on_link(ip)
 
 
 def _lease_seconds(request: DhcpPacket, config: DhcpConfig) -> int:
@@ -438,35 +459,33 @@ def _reply(
     now: float,
 ) -> DhcpPacket:
     available = _available_options(request, config)
-    prl = request.param_request_list
-    order = [code for code in (prl or ()) if code in available]
-    order += [code for code in _DEFAULT_OPTIONS if code in available and code not in order]
     options: dict[int, bytes] = {}
     if lease_seconds is not None:  # not for INFORM: RFC 2131 4.3.5
         options[OPT_LEASE_TIME] = option_u32(lease_seconds)
         options[OPT_RENEWAL_TIME] = option_u32(lease_seconds // 2)
         options[OPT_REBINDING_TIME] = option_u32(lease_seconds * 7 // 8)
-    for code in order:
-        options[code] = available[code]
+    for code in request.options.get(OPT_PARAM_REQUEST_LIST, b""):  # in the client's order
+        value = available.get(code)
+        if value is not None:
+            options[code] = value
+    for code in _DEFAULT_OPTIONS:
+        if code not in options:
+            value = available.get(code)
+            if value is not None:
+                options[code] = value
     return reply_to(request, mtype, yiaddr, config.server_ip, options)
 
 
-def _available_options(request: DhcpPacket, config: DhcpConfig) -> dict[int, bytes]:
-    available: dict[int, bytes] = {OPT_SUBNET_MASK: option_ip(config.subnet.netmask)}
-    if config.router is not None:
-        available[OPT_ROUTER] = option_ip(config.router)
-    if config.dns:
-        available[OPT_DNS_SERVERS] = option_ips(config.dns)
-    if config.domain:
-        available[OPT_DOMAIN_NAME] = option_str(config.domain)
-    available[OPT_BROADCAST] = option_ip(config.subnet.broadcast_address)
+def _available_options(request: DhcpPacket, config: DhcpConfig) -> Mapping[int, bytes]:
+    if not config.reservations:
+        return config._options
     try:
         res = config.reservations.get(normalise_mac(request.mac))
     except ValueError:
         res = None
-    if res is not None and res.hostname:
-        available[OPT_HOSTNAME] = option_str(res.hostname)
-    return available
+    if res is None or not res.hostname:
+        return config._options
+    return {**config._options, OPT_HOSTNAME: option_str(res.hostname)}
 
 
 def _fit(reply: DhcpPacket) -> bytes:
@@ -685,6 +704,11 @@ class DhcpServer(_Endpoint):
     async def start(self) -> None:
         self._port = await self._listen(self._port, self._on_datagram)
         log.info("dhcp: serving %s on %s:%d (interface %s)", self.config.subnet, self.host, self._port, self.interface)
+
+    async def close(self) -> None:
+        """Stop serving and flush the lease journal (the server owns its store from ``start`` on)."""
+        await super().close()
+        self.store.close()
 
     def set_reservations(self, reservations: Mapping[str, Reservation]) -> None:
         """Replace the reservations at runtime (IPAM decided new addresses); takes effect at the next packet."""

@@ -159,7 +159,8 @@ class DhcpPacket:
 
     def __post_init__(self) -> None:
         # Normalise to the decoded form so that ``decode(encode(p)) == p``.
-        self.chaddr = bytes(self.chaddr).ljust(16, b"\0")
+        if type(self.chaddr) is not bytes or len(self.chaddr) != 16:
+            self.chaddr = bytes(self.chaddr).ljust(16, b"\0")
         self.sname = _text_field(self.sname)
         self.file = _text_field(self.file)
 
@@ -177,7 +178,7 @@ class DhcpPacket:
     @property
     def mac(self) -> str:
         """Hardware address as ``aa:bb:cc:dd:ee:ff`` (the first ``hlen`` bytes of ``chaddr``)."""
-        return ":".join(f"{b:02x}" for b in self.chaddr[: self.hlen])
+        return self.chaddr[: self.hlen].hex(":")
 
     @property
     def server_name(self) -> str:
@@ -279,6 +280,8 @@ class DhcpPacket:
 
 
 def _text_field(value: bytes | str) -> bytes:
+    if type(value) is bytes and not value.endswith(b"\0"):
+        return value  # already normalised (the per-packet case)
     raw = value.encode() if isinstance(value, str) else bytes(value)
     return raw.rstrip(b"\0")
 
@@ -345,6 +348,10 @@ def _concat(segments: Iterable[tuple[int, bytes]]) -> dict[int, bytes]:
     return out
 
 
+def _ip4(raw: bytes) -> IPv4Address:
+    return _ZERO if raw == b"\0\0\0\0" else IPv4Address(raw)  # most header addresses are zero
+
+
 def decode(data: bytes) -> DhcpPacket:
     """Parse one DHCP/BOOTP message; any malformation raises ``DhcpDecodeError``."""
     data = bytes(data)
@@ -387,10 +394,10 @@ def decode(data: bytes) -> DhcpPacket:
         xid=xid,
         secs=secs,
         flags=flags,
-        ciaddr=IPv4Address(ciaddr),
-        yiaddr=IPv4Address(yiaddr),
-        siaddr=IPv4Address(siaddr),
-        giaddr=IPv4Address(giaddr),
+        ciaddr=_ip4(ciaddr),
+        yiaddr=_ip4(yiaddr),
+        siaddr=_ip4(siaddr),
+        giaddr=_ip4(giaddr),
         chaddr=chaddr,
         sname=sname,
         file=file,
@@ -415,11 +422,15 @@ def _encode_options(options: Mapping[int, bytes]) -> bytes:
             raise DhcpEncodeError(f"option code {code} is not an encodable option (1..254)")
         if code == OPT_OVERLOAD:
             raise DhcpEncodeError("option 52 (overload) is managed by the codec, not set by callers")
-        value = bytes(value)
-        if not value:
-            out += bytes((code, 0))
+        size = len(value)
+        if size <= 255:  # the common case, kept cheap: one reply is encoded per packet served
+            out.append(code)
+            out.append(size)
+            out += value
+            continue
         # RFC 3396: split anything over 255 bytes into consecutive options with the same code.
-        for i in range(0, len(value), 255):
+        value = bytes(value)
+        for i in range(0, size, 255):
             chunk = value[i : i + 255]
             out += bytes((code, len(chunk))) + chunk
     out.append(OPT_END)
@@ -473,7 +484,7 @@ def encode(packet: DhcpPacket, max_size: int | None = None) -> bytes:
 
 
 def option_ip(addr: IPv4Address | str) -> bytes:
-    return IPv4Address(addr).packed
+    return addr.packed if isinstance(addr, IPv4Address) else IPv4Address(addr).packed
 
 
 def option_ips(addrs: Iterable[IPv4Address | str]) -> bytes:
@@ -527,6 +538,10 @@ def max_reply_size(request: DhcpPacket) -> int:
     return max(size or DEFAULT_MAX_SIZE, DEFAULT_MAX_SIZE)
 
 
+def _as_ip(addr: IPv4Address | str) -> IPv4Address:
+    return addr if isinstance(addr, IPv4Address) else IPv4Address(addr)  # no str round trip
+
+
 def reply_to(
     request: DhcpPacket,
     message_type: int,
@@ -562,8 +577,8 @@ def reply_to(
         secs=0,
         flags=request.flags,
         ciaddr=request.ciaddr if message_type == DHCPACK else _ZERO,
-        yiaddr=_ZERO if yiaddr is None or message_type == DHCPNAK else IPv4Address(yiaddr),
-        siaddr=_ZERO if siaddr is None else IPv4Address(siaddr),
+        yiaddr=_ZERO if yiaddr is None or message_type == DHCPNAK else _as_ip(yiaddr),
+        siaddr=_ZERO if siaddr is None else _as_ip(siaddr),
         giaddr=request.giaddr,
         chaddr=request.chaddr,
         sname=_text_field(sname),

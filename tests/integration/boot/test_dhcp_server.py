@@ -243,8 +243,9 @@ def test_udhcpc_lease_quarantine_and_restart(veth: tuple[NetnsPair, ServerProces
     pair.set_client_mac(MAC_2)  # a different machine within the quarantine
     second = udhcpc(pair, tmp_path, release=False)
     assert second["ip"] == "10.231.7.11"
-    leases = json.loads(server.lease_file.read_text())["leases"]
-    assert {(r["mac"], r["ip"], r["state"]) for r in leases} == {
+    journal = [json.loads(line) for line in server.lease_file.read_text().splitlines()[1:]]
+    latest = {r["ip"]: r for r in journal}  # the journal's last record per address is its state
+    assert {(r["mac"], r["ip"], r["state"]) for r in latest.values()} == {
         (MAC_1, "10.231.7.10", "released"),
         (MAC_2, "10.231.7.11", "bound"),
     }
