@@ -67,6 +67,7 @@ def render(vm: Vm) -> None:
             ("disk", format_size(vm.disk_gib * GIB)),
             ("image", vm.image_name or vm.image_id),
             ("flavor", vm.flavor_name),
+            *((f"nic{i}", f"{n.network} {n.address} {n.mac} ({n.tap})") for i, n in enumerate(vm.nics)),
             ("created", vm.created_at),
             ("updated", vm.updated_at),
         ],
@@ -103,6 +104,12 @@ def create(
     ] = None,
     arch: Annotated[str | None, typer.Option(help="Guest architecture (default: the image's).")] = None,
     no_start: Annotated[bool, typer.Option("--no-start", help="Create it stopped.")] = False,
+    net: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--net", help="A NIC on network NAME, optionally with a fixed IP; repeat for more.", metavar="NAME[:IP]"
+        ),
+    ] = None,
     no_wait: NoWait = False,
     json_out: JsonOut = False,
 ) -> None:
@@ -119,9 +126,18 @@ def create(
         disk_gib=parse_disk(disk_size) if disk_size is not None else None,
         arch=arch,
         start=not no_start,
+        nics=[_nic(text) for text in net or []] or None,
     )
     client = client_from(ctx)
     _after(client, client.post("/v1/vms", request), name, no_wait=no_wait, json_out=json_out, brief=False)
+
+
+def _nic(text: str) -> dict[str, str]:
+    """``NAME`` or ``NAME:IP`` from --net."""
+    name, sep, address = text.partition(":")
+    if not name or (sep and not address):
+        raise CliError(f"--net {text!r}: use NAME or NAME:IP")
+    return {"network": name, "address": address} if sep else {"network": name}
 
 
 def _table(vms: list[Vm]) -> None:
