@@ -9,6 +9,9 @@
 #     BRAMBLE-GUEST-UP arch=<uname -m>
 # and then idles forever. Kernel command-line switches understood by /init:
 #     bramble.acpid=off   do not start acpid (the guest ignores ACPI powerdown)
+#     bramble.net=dhcp    run `udhcpc -i eth0`, print BRAMBLE-GUEST-NET ip=... router=...
+#                         (or BRAMBLE-GUEST-NET failed), then ping the router 3 times and print
+#                         BRAMBLE-GUEST-PING ok|failed router=...; both before BRAMBLE-GUEST-UP
 #
 # Packages are fetched with `apt-get download` under a PRIVATE apt configuration
 # (its own sources.list, lists and cache under $BRAMBLE_GUEST_CACHE), so the host's
@@ -38,7 +41,7 @@ case $ARCH_IN in
   *) die "unsupported architecture '$ARCH_IN' (supported: x86_64, aarch64, armv7, ppc64le, s390x, mips64el, mips)" ;;
 esac
 # modules /init loads when present (built-in or missing ones are skipped)
-WANT_MODS="button evdev gpio_keys virtio_pci virtio_blk virtio_scsi sd_mod sr_mod"
+WANT_MODS="button evdev gpio_keys virtio_pci virtio_blk virtio_scsi sd_mod sr_mod virtio_net"
 
 for tool in apt-get apt-cache dpkg-deb cpio gzip qemu-img flock sha256sum; do
   command -v $tool >/dev/null || die "'$tool' is not installed"
@@ -205,8 +208,12 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 [ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
 while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done </etc/modules.load
 acpid=on
+net=off
 for w in $(cat /proc/cmdline); do
-  case $w in bramble.acpid=*) acpid=${w#bramble.acpid=} ;; esac
+  case $w in
+    bramble.acpid=*) acpid=${w#bramble.acpid=} ;;
+    bramble.net=*) net=${w#bramble.net=} ;;
+  esac
 done
 # the kernel's orderly_poweroff (s390 quiesce, ctrl-alt-del) signals init
 trap 'poweroff -f' INT TERM USR2 PWR
@@ -222,6 +229,18 @@ if [ "$acpid" = on ] && ls /dev/input/event* >/dev/null 2>&1; then
   done
 fi
 echo "BRAMBLE-GUEST-DISKS $(ls /sys/block | grep -v -e '^loop' -e '^ram' | tr '\n' ' ')"
+if [ "$net" = dhcp ]; then
+  ip link set lo up
+  ip link set eth0 up
+  if udhcpc -i eth0 -f -q -n -t 10 -T 3 -s /etc/udhcpc.script && [ -s /tmp/net.env ]; then
+    . /tmp/net.env
+    echo "BRAMBLE-GUEST-NET ip=$ip router=$router"
+    if ping -c 3 -W 3 "$router"; then result=ok; else result=failed; fi
+    echo "BRAMBLE-GUEST-PING $result router=$router"
+  else
+    echo "BRAMBLE-GUEST-NET failed"
+  fi
+fi
 echo "BRAMBLE-GUEST-UP arch=$(uname -m)"
 while :; do
   sleep 3600 &
@@ -229,6 +248,21 @@ while :; do
 done
 EOF
 printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' >"$ROOT/sbin/poweroff"
+# udhcpc hands the lease to this script: configure eth0 and remember what it got for /init
+cat >"$ROOT/etc/udhcpc.script" <<'SCRIPT'
+#!/bin/busybox sh
+case $1 in
+  bound | renew)
+    ifconfig "$interface" "$ip" netmask "$subnet" up
+    router=${router%% *}
+    [ -n "$router" ] && route add default gw "$router" dev "$interface"
+    echo "ip=$ip router=$router" >/tmp/net.env
+    ;;
+  deconfig) ifconfig "$interface" 0.0.0.0 ;;
+esac
+exit 0
+SCRIPT
+chmod 755 "$ROOT/etc/udhcpc.script"
 printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' >"$ROOT/etc/acpi/PWRF/00000080"
 chmod 755 "$ROOT/init" "$ROOT/sbin/poweroff" "$ROOT/etc/acpi/PWRF/00000080"
 

@@ -177,7 +177,7 @@ class Agent:
         runtime = await self.compute.status(vm_id)
         want = desired.desired_state
         try:
-            if desired.spec.nics and self._may_restart(vm_id):
+            if desired.spec.nics and want != "stopped" and self._may_restart(vm_id):
                 # Also after a daemon restart with the VM still running: its DHCP server must come back.
                 await self._plug(self._placed(desired.spec))
             if want in ("running", "paused") and runtime.state in (PowerState.STOPPED, PowerState.CRASHED):
