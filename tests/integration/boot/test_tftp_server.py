@@ -10,6 +10,7 @@ import itertools
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -83,6 +84,10 @@ async def _serve(root: Path, out: Path, **kwargs: object) -> AsyncIterator[Runni
     finally:
         await server.close()
         shutil.rmtree(out, ignore_errors=True)
+        # Every transfer thread has ended once close() returns (they are not left running).
+        with anyio.fail_after(5):
+            while [t for t in threading.enumerate() if t.name.startswith("tftp ")]:
+                await anyio.sleep(0.01)
 
 
 @pytest.fixture
@@ -328,7 +333,8 @@ async def test_unknown_tid_gets_error_5_and_transfer_continues(srv: Running, boo
             first, tid = client.recv()
             assert first == Data(1, b"x" * 512)
             intruder.send(Ack(1), tid)
-            stray, _ = intruder.recv()
+            stray, source = intruder.recv()
+            assert source == tid  # the ERROR comes from the transfer's port, as RFC 1350 wants
             data = [b"x" * 512]
             client.send(Ack(1), tid)
             while True:
@@ -341,6 +347,7 @@ async def test_unknown_tid_gets_error_5_and_transfer_continues(srv: Running, boo
 
     stray, data = await anyio.to_thread.run_sync(run)
     assert isinstance(stray, Error) and stray.code is ErrorCode.UNKNOWN_TID
+    assert srv.server.stats["errors_sent"] == 1
     assert data == (boot_root / "sub" / "tiny.txt").read_bytes()
     assert (await srv.event()).outcome == "sent"
 
@@ -372,3 +379,148 @@ async def test_netascii_is_translated(srv: Running) -> None:
 
     assert await anyio.to_thread.run_sync(run) == b"line\r\nbare\r\0cr\r\0\r\n" * 100
     assert (await srv.event()).blksize == 64
+
+
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "sendto"])
+async def test_atftp_window_wraps_block_numbers(srv: Running, boot_root: Path, gso: bool) -> None:
+    """32 MiB at blksize 512 with a window of 16: 65537 blocks, sent with and without UDP GSO."""
+    atftp = _need("atftp")
+    srv.server._gso_usable = gso
+    out = srv.out / "big.bin"
+    cmd = [atftp, "--get", "-r", "big.bin", "-l", str(out), "--option", "blksize 512", "--option", "windowsize 16"]
+    await _run_client([*cmd, HOST, str(srv.server.port)])
+    assert _sha(out) == _sha(boot_root / "big.bin")
+    event = await srv.event()
+    assert (event.outcome, event.bytes_sent, event.blksize, event.windowsize) == ("sent", BIG, 512, 16)
+
+
+async def test_duplicate_ack_in_lock_step_is_not_answered(srv: Running) -> None:
+    """Sorcerer's Apprentice (RFC 1123 4.2.3.1): a repeated ACK must not double the DATA stream."""
+
+    def run() -> list[int]:
+        with Client(srv.server.port) as client:
+            client.send(ReadRequest("sub/tiny.txt"))
+            first, tid = client.recv()
+            assert first == Data(1, b"x" * 512)
+            client.send(Ack(1), tid)
+            client.send(Ack(1), tid)  # duplicate
+            client.send(Ack(0), tid)  # old
+            blocks = []
+            second, _ = client.recv()
+            assert isinstance(second, Data)
+            blocks.append(second.block)
+            client.send(Ack(2), tid)
+            third, _ = client.recv()
+            assert isinstance(third, Data)
+            blocks.append(third.block)
+            client.sock.settimeout(0.3)  # the window of a wrongly resent block 2 or 3
+            with pytest.raises(TimeoutError):
+                client.recv()
+            client.send(Error(ErrorCode.NOT_DEFINED, "enough"), tid)
+            return blocks
+
+    assert await anyio.to_thread.run_sync(run) == [2, 3]
+    assert (await srv.event()).outcome == "aborted"
+
+
+async def test_duplicate_ack_in_a_window_resends_it_once(srv: Running) -> None:
+    def run() -> list[int]:
+        with Client(srv.server.port) as client:
+            client.send(ReadRequest("sub/tiny.txt", "octet", {"windowsize": "4"}))
+            _, tid = client.recv()
+            client.send(Ack(0), tid)
+            assert [p.block for p, _ in (client.recv() for _ in range(4)) if isinstance(p, Data)] == [1, 2, 3, 4]
+            client.send(Ack(0), tid)  # "I lost block 1": the whole window again
+            client.send(Ack(0), tid)  # again: ignored until the window moves
+            blocks = []
+            for _ in range(4):
+                packet, _ = client.recv()
+                assert isinstance(packet, Data)
+                blocks.append(packet.block)
+            client.sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                client.recv()
+            client.send(Error(ErrorCode.NOT_DEFINED, "enough"), tid)
+            return blocks
+
+    assert await anyio.to_thread.run_sync(run) == [1, 2, 3, 4]
+
+
+async def test_oack_answers_timeout_and_blksize_as_integers(srv: Running) -> None:
+    def run() -> Packet:
+        with Client(srv.server.port) as client:
+            options = {"blksize": "1024", "timeout": "3", "tsize": "0", "windowsize": "8"}
+            client.send(ReadRequest("small.bin", "octet", options))
+            oack, tid = client.recv()
+            client.send(Error(ErrorCode.OPTION_REFUSED, "probe"), tid)
+            return oack
+
+    oack = await anyio.to_thread.run_sync(run)
+    assert oack == OptionAck({"blksize": "1024", "timeout": "3", "tsize": str(SMALL), "windowsize": "8"})
+
+
+async def test_close_aborts_a_transfer_in_flight(boot_root: Path, tmp_path: Path) -> None:
+    async for running in _serve(boot_root, tmp_path / "out"):
+
+        def start(port: int = running.server.port) -> tuple[socket.socket, tuple[str, int]]:
+            client = Client(port)
+            client.send(ReadRequest("big.bin"))
+            first, tid = client.recv()
+            assert first == Data(1, (boot_root / "big.bin").read_bytes()[:512])
+            return client.sock, tid
+
+        sock, _ = await anyio.to_thread.run_sync(start)
+        try:
+            assert any(t.name.startswith("tftp ") for t in threading.enumerate())
+            await running.server.close()
+            event = await running.event()
+            assert (event.outcome, event.bytes_sent) == ("aborted", 0)
+            assert running.server.stats["transfers_completed"] == 0
+        finally:
+            sock.close()
+
+
+async def test_file_that_shrinks_during_the_transfer_ends_early(boot_root: Path, tmp_path: Path) -> None:
+    """The data ends where the file now ends (a short block), instead of hanging or sending junk."""
+    root = tmp_path / "root"
+    root.mkdir()
+    victim = root / "shrinking.bin"
+    victim.write_bytes(b"a" * 300_000)
+    async for running in _serve(root, tmp_path / "out"):
+
+        def run(port: int = running.server.port) -> bytes | Error:
+            with Client(port) as client:
+                client.send(ReadRequest("shrinking.bin", "octet", {"tsize": "0"}))
+                oack, tid = client.recv()
+                assert oack == OptionAck({"tsize": "300000"})
+                victim.write_bytes(b"b" * 1000)  # truncated before any data was read
+                client.send(Ack(0), tid)
+                chunks = []
+                while True:
+                    packet, _ = client.recv()
+                    assert isinstance(packet, Data)
+                    chunks.append(packet.data)
+                    client.send(Ack(packet.block), tid)
+                    if len(packet.data) < 512:
+                        return b"".join(chunks)
+
+        assert await anyio.to_thread.run_sync(run) == b"b" * 1000
+        event = await running.event()
+        assert (event.outcome, event.bytes_sent) == ("sent", 1000)
+
+
+async def test_non_requests_at_the_request_port_are_ignored_and_counted(srv: Running) -> None:
+    def run() -> None:
+        with Client(srv.server.port) as client:
+            client.send(Ack(1))
+            client.send(Data(1, b"x"))
+            client.send(Error(ErrorCode.NOT_DEFINED, "hi"))
+            client.send(OptionAck({"blksize": "512"}))
+
+    await anyio.to_thread.run_sync(run)
+    with anyio.fail_after(5):
+        while srv.server.stats["ignored"] < 4:
+            await anyio.sleep(0.01)
+    assert srv.server.stats["ignored"] == 4
+    assert srv.server.stats["malformed"] == 0
+    assert srv.server.stats["transfers_started"] == 0
