@@ -315,6 +315,8 @@ class RbdStorageDriver(StorageDriver):
         except rbd.ImageNotFound:
             return
         try:
+            # check before touching snapshots: a failed delete must not have removed any
+            self._refuse_if_open_by_others(image, name, "delete it")
             for snap in list(image.list_snaps()):
                 children = list(self._child_specs(image, snap["name"]))
                 if children and not flatten_children:
@@ -857,17 +859,18 @@ class RbdStorageDriver(StorageDriver):
 
         def rollback(ioctx: Any) -> None:
             with self._open(ioctx, name) as disk:
-                self._refuse_if_open_by_others(disk, disk_id, "roll it back")
+                self._refuse_if_open_by_others(disk, f"disk {disk_id}", "roll it back")
                 if snapshot not in {s["name"] for s in disk.list_snaps()}:
                     raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
                 disk.rollback_to_snap(snapshot)
 
         await self._call(f"rolling back disk {disk_id} to {snapshot}", rollback)
 
-    def _refuse_if_open_by_others(self, disk: Any, disk_id: str, action: str) -> None:
-        # our own open handle is one watcher
-        if len(list(disk.watchers_list())) > 1:
-            raise StorageError(f"disk {disk_id} is in use (a VM has it open); stop the VM to {action}")
+    @staticmethod
+    def _refuse_if_open_by_others(image: Any, what: str, action: str) -> None:
+        """Our own read-write handle is one watcher; any other is a VM or another client."""
+        if len(list(image.watchers_list())) > 1:
+            raise StorageError(f"{what} is in use (a VM or another client has it open); stop it to {action}")
 
     async def snapshot_delete(self, disk_id: str, snapshot: str) -> None:
         """Delete a snapshot; deleting one that is not there is not an error."""

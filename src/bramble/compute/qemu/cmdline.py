@@ -99,6 +99,52 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
+RBD_PREFIX = "rbd:"
+
+
+def _split_escaped(text: str, separators: str) -> list[tuple[str, str]]:
+    """Split at unescaped separators: [(separator before the part, part)], backslash escapes one char."""
+    parts: list[tuple[str, str]] = []
+    current: list[str] = []
+    before = ""
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char in separators:
+            parts.append((before, "".join(current)))
+            before, current = char, []
+        else:
+            current.append(char)
+    parts.append((before, "".join(current)))
+    return parts
+
+
+def rbd_blockdev(path: str) -> dict[str, str]:
+    """QEMU's rbd pseudo-filename ``rbd:pool[/namespace]/image[@snap][:id=user][:conf=file]`` as
+    ``-blockdev`` options for the rbd driver (what the rbd storage driver stores as a disk path).
+
+    Only ``id`` and ``conf`` are accepted: QEMU's -blockdev rbd driver has no keyring option,
+    and the key itself must never be on a command line; the conf names the keyring.
+    """
+    fields = _split_escaped(path[len(RBD_PREFIX) :], ":")
+    names = _split_escaped(fields[0][1], "/@")
+    snapshot = names.pop()[1] if len(names) > 1 and names[-1][0] == "@" else None
+    if any(sep == "@" for sep, _ in names) or len(names) not in (2, 3) or not all(part for _, part in names):
+        raise ValueError(f"disk {path}: expected rbd:pool[/namespace]/image[@snapshot]")
+    options = {"driver": "rbd", "pool": names[0][1], "image": names[-1][1]}
+    if len(names) == 3:
+        options["namespace"] = names[1][1]
+    if snapshot is not None:
+        options["snapshot"] = snapshot
+    for _, field in fields[1:]:
+        key, sep, value = field.partition("=")
+        if not sep or key not in ("id", "conf") or not value:
+            raise ValueError(f"disk {path}: unsupported rbd option {field!r} (id= and conf= only)")
+        options["user" if key == "id" else "conf"] = value
+    return options
+
+
 def _disk_args(spec: VmSpec, profile: ArchProfile) -> list[str]:
     args: list[str] = []
     scsi_bus: str | None = None
@@ -110,12 +156,14 @@ def _disk_args(spec: VmSpec, profile: ArchProfile) -> list[str]:
             raise ValueError(f"disk {disk.path}: unsupported media {disk.media!r} (disk or cdrom)")
         node = f"disk{index}"
         readonly = disk.readonly or disk.media == "cdrom"
-        blockdev = {
-            "driver": fmt,
-            "node-name": node,
-            "read-only": readonly,
-            "file": {"driver": "file", "filename": disk.path, "read-only": readonly},
-        }
+        if disk.path.startswith(RBD_PREFIX):
+            # opened by QEMU through librbd: no kernel rbd, nbd or device-mapper on the host
+            protocol: dict[str, object] = {**rbd_blockdev(disk.path), "read-only": readonly}
+            if "snapshot" in protocol and not readonly:
+                raise ValueError(f"disk {disk.path}: an RBD snapshot can only be attached read-only")
+        else:
+            protocol = {"driver": "file", "filename": disk.path, "read-only": readonly}
+        blockdev = {"driver": fmt, "node-name": node, "read-only": readonly, "file": protocol}
         # JSON syntax: paths need no escaping
         args += ["-blockdev", json.dumps(blockdev, separators=(",", ":"))]
         if disk.media == "disk":
