@@ -1,0 +1,346 @@
+"""DHCP DORA rate with persistent leases: Bramble's DhcpServer against Kea and dnsmasq, side by side.
+
+Two throwaway network namespaces joined by a veth pair (server 10.96.0.1/12, client 10.96.0.2/12;
+nothing else is reachable). ISC perfdhcp (Debian kea-admin) runs in the client namespace and emulates a
+relay (giaddr 10.96.0.2) for up to a million random client MACs, so nearly every exchange is a new
+lease that each server must write to its lease file:
+
+* Bramble: ``bramble.boot.dhcp.DhcpServer`` with its lease journal, in its own Python process, with an
+  ``on_event`` callback that builds every ``DhcpEvent`` (as the boot role does);
+* Kea: ``kea-dhcp4``, memfile with ``persist: true`` (lease file compaction off), single-threaded;
+* dnsmasq: a lease file, ``no-ping``, ``quiet-dhcp``.
+
+Each server is our own child process with its config in a temp dir, never a system service. For every
+rate of the sweep each server gets a fresh process and an empty lease file, then perfdhcp offers that
+many DISCOVERs per second for ``--seconds``. A point has zero drops when every DISCOVER got its OFFER
+and every REQUEST its ACK. The table prints each point and the highest zero-drop rate per server, with
+Bramble's as a multiple of Kea's and dnsmasq's (target: >= 1.00x Kea). The perfdhcp client shares the
+CPUs with the server, and the host with other work: read small differences as noise.
+
+    .venv/bin/python bench/dhcp_rate.py [--seconds 10] [--rates 1000,2000,4000,6000,8000,10000]
+        [--servers bramble,kea,dnsmasq] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import REPO, arg_parser, install_signal_cleanup, median, print_table  # bench/ is sys.path[0]
+
+SERVER_IP, CLIENT_IP, PREFIX = "10.96.0.1", "10.96.0.2", 12
+RANGE = ("10.97.0.0", "10.111.255.254")
+SERVE_SCRIPT = r"""
+import asyncio, collections, signal, sys
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from bramble.boot.dhcp import DhcpConfig, DhcpServer
+from bramble.boot.leases import LeaseStore
+
+async def main(interface, lease_file, server_ip, subnet, start, end):
+    config = DhcpConfig(server_ip=IPv4Address(server_ip), subnet=IPv4Network(subnet),
+                        range_start=IPv4Address(start), range_end=IPv4Address(end),
+                        router=IPv4Address(server_ip), lease_seconds=3600)
+    recent = collections.deque(maxlen=1000)  # every DhcpEvent is built and handed over, as in the boot role
+    server = DhcpServer(config, LeaseStore(Path(lease_file), config.pool()), interface=interface,
+                        on_event=recent.append)
+    await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await server.close()
+    print(server.stats, flush=True)
+
+asyncio.run(main(*sys.argv[1:7]))
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def veth_namespaces() -> Iterator[tuple[str, str]]:
+    tag = secrets.token_hex(3)
+    server_ns, client_ns = f"bramble-dhb-s-{tag}", f"bramble-dhb-c-{tag}"
+    made: list[str] = []
+    try:
+        for ns in (server_ns, client_ns):
+            ip("netns", "add", ns)
+            made.append(ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", server_ns, "link", "add", "veth-s", "type", "veth", "peer", "name", "veth-c", "netns", client_ns)
+        ip("-n", server_ns, "addr", "add", f"{SERVER_IP}/{PREFIX}", "dev", "veth-s")
+        ip("-n", client_ns, "addr", "add", f"{CLIENT_IP}/{PREFIX}", "dev", "veth-c")
+        ip("-n", server_ns, "link", "set", "veth-s", "up")
+        ip("-n", client_ns, "link", "set", "veth-c", "up")
+        yield server_ns, client_ns
+    finally:
+        for ns in reversed(made):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=10, check=False)
+
+
+class Server:
+    """One server process in the server namespace, with its config and lease file in ``work``."""
+
+    def __init__(self, name: str, ns: str, work: Path, profile: Path | None = None) -> None:
+        self.name, self.ns, self.work, self.profile = name, ns, work, profile
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = work / "server.log"
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        if self.name == "bramble":
+            script = self.work / "serve.py"
+            script.write_text(SERVE_SCRIPT)
+            argv = [sys.executable, str(script), "veth-s", str(self.work / "leases.json"), SERVER_IP,
+                    f"10.96.0.0/{PREFIX}", *RANGE]  # fmt: skip
+            if self.profile is not None:
+                argv[1:1] = ["-m", "cProfile", "-o", str(self.profile)]
+            env["PYTHONPATH"] = str(REPO / "src")
+        elif self.name == "kea":
+            config = {
+                "Dhcp4": {
+                    "interfaces-config": {"interfaces": ["veth-s"], "dhcp-socket-type": "raw"},
+                    "lease-database": {
+                        "type": "memfile",
+                        "persist": True,
+                        "name": str(self.work / "leases4.csv"),
+                        "lfc-interval": 0,
+                    },
+                    "valid-lifetime": 3600,
+                    "subnet4": [
+                        {"id": 1, "subnet": f"10.96.0.0/{PREFIX}", "pools": [{"pool": f"{RANGE[0]} - {RANGE[1]}"}]}
+                    ],
+                    "loggers": [
+                        {"name": "kea-dhcp4", "output_options": [{"output": str(self.log)}], "severity": "WARN"}
+                    ],
+                }
+            }
+            (self.work / "kea.json").write_text(json.dumps(config))
+            argv = ["kea-dhcp4", "-c", str(self.work / "kea.json")]
+            env.update(KEA_PIDFILE_DIR=str(self.work), KEA_LOCKFILE_DIR=str(self.work))
+        else:
+            conf = self.work / "dnsmasq.conf"
+            conf.write_text(
+                "port=0\ninterface=veth-s\nbind-interfaces\n"
+                f"dhcp-range={RANGE[0]},{RANGE[1]},255.240.0.0,1h\n"
+                "dhcp-lease-max=2000000\ndhcp-authoritative\nno-ping\nquiet-dhcp\n"
+                f"dhcp-leasefile={self.work / 'leases'}\nuser=root\ngroup=root\npid-file=\n"
+            )
+            argv = ["dnsmasq", "--keep-in-foreground", f"--log-facility={self.log}", f"--conf-file={conf}"]
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, *argv],
+            stdout=subprocess.PIPE,
+            stderr=open(self.work / "stderr", "ab"),  # noqa: SIM115 - closed with the process
+            env=env,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        if self.name == "bramble":
+            line = self.proc.stdout.readline()
+            if line.strip() != b"ready":
+                raise RuntimeError(f"bramble did not start: {(self.work / 'stderr').read_text()[-2000:]}")
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # kea and dnsmasq: listening on UDP 67 in the namespace
+            out = subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-lun"], capture_output=True, text=True)
+            if ":67 " in out.stdout or (self.name == "kea" and time.monotonic() > deadline - 8):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {(self.work / 'stderr').read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} is not listening on port 67")
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the server (``ip netns exec`` execs it, so the PID is the server's)."""
+        if self.proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@dataclass
+class Point:
+    server: str
+    rate: int
+    sent_discover: int
+    offers: int
+    sent_request: int
+    acks: int
+    server_cpu: float = 0.0  # CPU seconds the server process used during the point
+
+    @property
+    def zero_drop(self) -> bool:
+        return self.sent_discover > 0 and self.offers == self.sent_discover and self.acks == self.sent_request
+
+    @property
+    def acks_per_second(self) -> float:
+        return self.acks
+
+
+def parse_perfdhcp(text: str, server: str, rate: int, seconds: float) -> Point:
+    def section(name: str) -> tuple[int, int]:
+        m = re.search(r"\*\*\*Statistics for: " + name + r"\*\*\*(.*?)(?:\*\*\*|\Z)", text, re.S)
+        body = m.group(1) if m else ""
+        sent = re.search(r"sent packets:\s*(\d+)", body)
+        recv = re.search(r"received packets:\s*(\d+)", body)
+        return (int(sent.group(1)) if sent else 0), (int(recv.group(1)) if recv else 0)
+
+    sent_d, offers = section("DISCOVER-OFFER")
+    sent_r, acks = section("REQUEST-ACK")
+    return Point(server, rate, sent_d, offers, sent_r, acks)
+
+
+def run_point(
+    name: str, rate: int, seconds: int, namespaces: tuple[str, str], profile: Path | None = None
+) -> tuple[Point, str]:
+    server_ns, client_ns = namespaces
+    with tempfile.TemporaryDirectory(prefix="bramble-bench-dhcp-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        server = Server(name, server_ns, work, profile if name == "bramble" else None)
+        try:
+            server.start()
+            time.sleep(0.5)  # raw sockets and interface detection settle (Kea)
+            cpu0 = server.cpu_seconds()
+            perf = subprocess.run(
+                ["ip", "netns", "exec", client_ns, "perfdhcp", "-4", "-l", "veth-c", "-r", str(rate),
+                 "-R", "1000000", "-p", str(seconds), "-W", "1000000"],
+                capture_output=True, text=True, timeout=seconds + 60, check=False,
+            )  # fmt: skip
+            cpu = server.cpu_seconds() - cpu0
+        finally:
+            server.stop()
+        point = parse_perfdhcp(perf.stdout, name, rate, seconds)
+        point.server_cpu = cpu
+        note = "" if point.sent_discover else (perf.stdout + perf.stderr)[-300:].replace("\n", " ")
+        return point, note
+
+
+def main() -> int:
+    parser = arg_parser(__doc__.splitlines()[0], rounds=1)
+    parser.add_argument("--seconds", type=int, default=10, help="perfdhcp run per point (default 10)")
+    parser.add_argument("--rates", default="1000,2000,4000,6000,8000,10000", help="DISCOVERs per second")
+    parser.add_argument("--servers", default="bramble,kea,dnsmasq")
+    parser.add_argument("--profile-bramble", type=Path, help="write a cProfile of each Bramble point here")
+    args = parser.parse_args()
+    install_signal_cleanup()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if shutil.which("perfdhcp") is None:
+        print("needs perfdhcp (Debian package kea-admin)", file=sys.stderr)
+        return 2
+    names = [n for n in args.servers.split(",") if n]
+    for name, binary in (("kea", "kea-dhcp4"), ("dnsmasq", "dnsmasq")):
+        if name in names and shutil.which(binary) is None:
+            print(f"note: {binary} not found; {name} skipped")
+            names.remove(name)
+    rates = [int(r) for r in args.rates.split(",")]
+    print(
+        f"DHCP DORA rate, perfdhcp relay emulation, {args.seconds} s per point, {args.rounds} round(s), "
+        f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, load {Path('/proc/loadavg').read_text().split()[0]}"
+    )
+    points: dict[tuple[str, int], list[Point]] = {}
+    notes: list[str] = []
+    with veth_namespaces() as namespaces:
+        for rnd in range(args.rounds):
+            for rate in rates:
+                order = names[rnd % len(names) :] + names[: rnd % len(names)]
+                for name in order:
+                    point, note = run_point(name, rate, args.seconds, namespaces, args.profile_bramble)
+                    points.setdefault((name, rate), []).append(point)
+                    if note:
+                        notes.append(f"{name} @ {rate}/s: {note}")
+                    print(
+                        f"  {name:8s} {rate:6d}/s: DISCOVER {point.sent_discover} OFFER {point.offers} "
+                        f"REQUEST {point.sent_request} ACK {point.acks} server CPU {point.server_cpu:.2f} s"
+                        + ("  zero drops" if point.zero_drop else ""),
+                        flush=True,
+                    )
+    report(names, rates, points, args.seconds)
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def report(names: list[str], rates: list[int], points: dict[tuple[str, int], list[Point]], seconds: int) -> None:
+    rows = []
+    best: dict[str, int] = {}
+    cpu_per_dora_by: dict[tuple[str, int], float] = {}
+    for rate in rates:
+        for name in names:
+            runs = points.get((name, rate), [])
+            if not runs:
+                continue
+            drops_d = median([1 - p.offers / p.sent_discover if p.sent_discover else 1.0 for p in runs])
+            drops_r = median([1 - p.acks / p.sent_request if p.sent_request else 1.0 for p in runs])
+            acks = median([p.acks / seconds for p in runs])
+            cpu_per_dora = median([1e6 * p.server_cpu / p.acks if p.acks else float("nan") for p in runs])
+            cpu_per_dora_by[name, rate] = cpu_per_dora
+            zero = all(p.zero_drop for p in runs)
+            if zero:
+                best[name] = max(best.get(name, 0), rate)
+            rows.append(
+                [rate, name, f"{acks:.0f}", f"{100 * drops_d:.2f}%", f"{100 * drops_r:.2f}%", f"{cpu_per_dora:.0f}",
+                 "yes" if zero else ""]
+            )  # fmt: skip
+    print_table(
+        "Rate sweep (ACK/s = completed DORA per second; server CPU per completed DORA)",
+        ["rate/s", "server", "ACK/s", "drop D-O", "drop R-A", "CPU us/DORA", "zero drops"],
+        rows,
+    )
+    bramble = best.get("bramble", 0)
+    lowest = rates[0]
+    summary: list[list[object]] = []
+    for name in names:
+        anchor = best.get(name, 0)
+        ratio = f"{bramble / anchor:.2f}x" if name != "bramble" and anchor else ""
+        cpu = cpu_per_dora_by.get((name, lowest), float("nan"))
+        cpu_ratio = ""
+        if name != "bramble" and cpu == cpu and cpu_per_dora_by.get(("bramble", lowest)):
+            cpu_ratio = f"{cpu / cpu_per_dora_by['bramble', lowest]:.2f}x"
+        summary.append([name, anchor, ratio, f"{cpu:.0f}", cpu_ratio])
+    print_table(
+        f"Highest zero-drop rate (Bramble/anchor, target >= 1.00x Kea); CPU per DORA at {lowest}/s "
+        "(anchor/Bramble: above 1 means Bramble needs less)",
+        ["server", "zero-drop rate/s", "Bramble/anchor", f"CPU us/DORA @{lowest}", "anchor/Bramble CPU"],
+        summary,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
