@@ -38,9 +38,17 @@ class ComputeSettings(_Section):
 
 
 class StorageSettings(_Section):
-    driver: Literal["local", "fake"] = "local"
+    driver: Literal["local", "rbd", "fake"] = "local"
     # Download limit for server-side image imports from URLs.
     max_image_bytes: int = Field(default=200 * 1024**3, gt=0)
+    # rbd driver: the cluster's conf (mon_host, ...), the pool, and who we are in it.
+    # QEMU reads the same conf; the keyring, if given here, is added to a copy of it.
+    ceph_conf: Path = Path("/etc/ceph/ceph.conf")
+    ceph_pool: str = Field(default="bramble", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    ceph_user: str = Field(default="bramble", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # without "client."
+    ceph_keyring: Path | None = None  # default: the conf's keyring setting
+    # An unreachable cluster fails an operation after this long instead of librados' 5 minutes.
+    ceph_timeout_seconds: int = Field(default=15, ge=1, le=3600)
 
 
 class AgentSettings(_Section):

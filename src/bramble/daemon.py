@@ -86,6 +86,19 @@ def make_storage(settings: Settings) -> StorageDriver:
         from bramble.storage.fake import FakeStorage
 
         return FakeStorage()
+    if settings.storage.driver == "rbd":
+        from bramble.storage.rbd import RbdStorageDriver
+
+        ceph = settings.storage
+        return RbdStorageDriver(
+            conf=ceph.ceph_conf,
+            pool=ceph.ceph_pool,
+            user=ceph.ceph_user,
+            keyring=ceph.ceph_keyring,
+            work_dir=settings.state_dir / "rbd",
+            op_timeout=ceph.ceph_timeout_seconds,
+            connect_timeout=ceph.ceph_timeout_seconds,
+        )
     from bramble.storage.local import LocalStorage
 
     return LocalStorage(settings.state_dir)

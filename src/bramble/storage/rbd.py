@@ -126,32 +126,34 @@ class RbdStorageDriver(StorageDriver):
         self.spool_dir = self.work_dir / "spool"
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self.client_conf = self._write_client_conf()
+        # what QEMU reads; written now if possible, else by the first connect (which reports why not)
+        self.client_conf = self.conf if self.keyring is None else self.work_dir / f"ceph-client.{user}.conf"
+        with contextlib.suppress(StorageError):
+            self._write_client_conf()
         self._lock = threading.Lock()
         self._cluster: Any = None
         self._ioctx: Any = None
 
     # ------------------------------------------------------------------ connection
-    def _write_client_conf(self) -> Path:
+    def _write_client_conf(self) -> None:
         """The conf QEMU and qemu-img read: the configured one, plus the keyring if set apart.
 
         QEMU's ``-blockdev`` rbd driver has no keyring option, only ``conf``; a section
         appended for our user overrides what the original file says for it.
         """
         if self.keyring is None:
-            return self.conf
+            return
         try:
             text = self.conf.read_text()
         except OSError as exc:
             raise StorageError(f"cannot read the Ceph configuration {self.conf}: {exc.strerror}") from None
-        derived = self.work_dir / f"ceph-client.{self.user}.conf"
+        derived = self.client_conf
         partial = derived.with_name(derived.name + ".partial")
         partial.write_text(
             f"# written by Bramble from {self.conf}; rewritten at every start\n{text}\n"
             f"[client.{self.user}]\nkeyring = {self.keyring}\n"
         )
         os.replace(partial, derived)
-        return derived
 
     def _where(self) -> str:
         return f"pool {self.pool!r} as client.{self.user} (conf {self.conf})"
@@ -175,6 +177,7 @@ class RbdStorageDriver(StorageDriver):
                 options["keyring"] = str(self.keyring)
             if not self.conf.is_file():
                 raise StorageError(f"the Ceph configuration {self.conf} does not exist")
+            self._write_client_conf()
             try:
                 cluster = rados.Rados(conffile=str(self.conf), rados_id=self.user, conf=options)
             except rados.Error as exc:

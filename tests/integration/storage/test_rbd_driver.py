@@ -415,11 +415,10 @@ async def test_unreachable_cluster_fails_within_the_connect_timeout(ceph: CephCl
 
 
 async def test_missing_conf_is_a_clear_error(ceph: CephCluster, tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="cannot read the Ceph configuration"):
-        make_driver(ceph, tmp_path / "rbd", conf=tmp_path / "missing.conf")
-    storage = make_driver(ceph, tmp_path / "rbd", conf=tmp_path / "missing.conf", keyring=None)
-    with pytest.raises(StorageError, match="does not exist"):
-        await storage.disk_exists("x")
+    for keyring in (ceph.user_keyring, None):
+        storage = make_driver(ceph, tmp_path / "rbd", conf=tmp_path / "missing.conf", keyring=keyring)
+        with pytest.raises(StorageError, match=r"the Ceph configuration .*missing.conf does not exist"):
+            await storage.disk_exists("x")
 
 
 async def test_ceph_stopped_mid_upload(driver: RbdStorageDriver, ceph: CephCluster, admin: Admin, token: str) -> None:
@@ -469,3 +468,29 @@ async def test_ceph_stopped_mid_clone(driver: RbdStorageDriver, ceph: CephCluste
     assert await driver.image_clones(f"{token}-img") == []
     disk = await driver.clone_disk(f"{token}-vm", image, GiB)  # and it works once Ceph is back
     assert disk.virtual_size_bytes == GiB
+
+
+async def test_daemon_builds_the_rbd_driver_from_settings(ceph: CephCluster, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from bramble.config import Settings
+    from bramble.daemon import make_storage
+
+    storage_settings = {
+        "driver": "rbd",
+        "ceph_conf": str(ceph.conf),
+        "ceph_pool": ceph.pool,
+        "ceph_user": ceph.user,
+        "ceph_keyring": str(ceph.user_keyring),
+        "ceph_timeout_seconds": 5,
+    }
+    storage = make_storage(Settings(state_dir=tmp_path / "state", storage=storage_settings))  # type: ignore[arg-type]
+    assert isinstance(storage, RbdStorageDriver)
+    try:
+        assert (storage.pool, storage.user, storage.op_timeout) == (ceph.pool, ceph.user, 5)
+        assert storage.client_conf.is_relative_to(tmp_path / "state" / "rbd")
+        assert not await storage.disk_exists("nothing-here")
+    finally:
+        await storage.close()
+    with pytest.raises(ValidationError, match="ceph_pool"):
+        Settings(state_dir=tmp_path, storage={"driver": "rbd", "ceph_pool": "a/b"})  # type: ignore[arg-type]
