@@ -45,8 +45,45 @@ def _missing() -> str | None:
 class NsDaemon:
     ns: str
     state_dir: Path
+    config: Path
     log: Path
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, sys.executable, "-m", "bramble.daemon", "--config", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"brambled exited with {proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            return (self.state_dir / "admin.token").exists() and self.cli("health", timeout=30).returncode == 0
+
+        wait_for(healthy, 90, "brambled to answer inside the namespace", interval=0.5)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def kill9(self) -> None:
+        """``ip netns exec`` execs the daemon, so this PID is brambled's own."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def dhcp_listeners(self) -> str:
+        return self.run("ss", "-H", "-uln", "sport", "= :67").stdout
 
     def run(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ip", "netns", "exec", self.ns, *cmd], capture_output=True, text=True, timeout=timeout)
@@ -82,36 +119,14 @@ def ns_daemon(tmp_path: Path) -> Iterator[NsDaemon]:
         "[agent]\nreconcile_interval_seconds = 2\n"
         '[network]\ndriver = "bridge"\n'
     )
-    log = tmp_path / "brambled.log"
+    daemon = NsDaemon(ns, state, config, tmp_path / "brambled.log")
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=15)
-    proc = None
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=15)
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, "-m", "bramble.daemon", "--config", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        daemon = NsDaemon(ns, state, log, proc)
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"brambled exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            return (state / "admin.token").exists() and daemon.cli("health", timeout=30).returncode == 0
-
-        wait_for(healthy, 90, "brambled to answer inside the namespace", interval=0.5)
+        daemon.start()
         yield daemon
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        daemon.stop()
         with contextlib.suppress(Exception):
             kill_qemus(state)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False, timeout=30)
@@ -195,6 +210,16 @@ def test_guest_gets_its_ipam_address_by_dhcp_and_pings_the_gateway(
 
     shown = d.ok("vm", "show", "g1")
     assert nic["mac"] in shown and nic["address"] in shown
+    assert f"%{net['bridge']}:67" in d.dhcp_listeners()
+
+    # kill -9 and start again: the running guest is adopted and its network's DHCP server
+    # comes back (the agent re-plugs what should run; taps and bridge survived in the kernel).
+    pid_before = json.loads(d.ok("vm", "show", "g1", "--json"))["pid"]
+    d.kill9()
+    assert d.link_exists(nic["tap"])
+    d.start()
+    wait_for(lambda: f"%{net['bridge']}:67" in d.dhcp_listeners(), 60, "the DHCP server after a restart")
+    assert json.loads(d.ok("vm", "show", "g1", "--json"))["pid"] == pid_before
 
     refused = d.cli("net", "delete", "lan")
     assert refused.returncode == 2 and "in use by VM(s) g1, holder" in refused.stderr, refused.stderr
