@@ -24,5 +24,6 @@ run bench/idle_rss.py --rounds 1
 run bench/api_create.py --rounds 1 -n 500 -c 8
 run bench/vm_boot.py --rounds 5 --multi-rounds 1 --vms 20
 run bench/tftp_throughput.py --rounds 3
+run bench/rbd_clone.py --rounds 7
 echo
 echo "all benchmarks done in $SECONDS s"
