@@ -306,19 +306,27 @@ keyring = {self.admin_keyring}
     def daemon_pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.processes.items()}
 
-    @contextlib.contextmanager
-    def frozen(self, *names: str) -> Iterator[None]:
-        """Freeze daemons (SIGSTOP; default: all) so the cluster stops answering, thaw after."""
-        targets = [self.processes[n] for n in (names or tuple(self.processes))]
-        for proc in targets:
+    def freeze(self, *names: str) -> None:
+        """Freeze daemons (SIGSTOP; default: all): the cluster stops answering until thaw()."""
+        for name in names or tuple(self.processes):
+            proc = self.processes[name]
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let every daemon run again (harmless if none is frozen)."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def frozen(self, *names: str) -> Iterator[None]:
+        """``with cluster.frozen("osd.0"):`` the OSD does not answer inside the block."""
+        self.freeze(*names)
         try:
             yield
         finally:
-            for proc in targets:
-                if proc.poll() is None:
-                    os.kill(proc.pid, signal.SIGCONT)
+            self.thaw()
 
     def client_env(self) -> dict[str, str]:
         """Environment for the ceph/rbd command-line tools as the admin."""

@@ -37,7 +37,9 @@ class Admin:
         import rados
 
         self.cluster = cluster
-        self.rados = rados.Rados(conffile=str(cluster.conf), rados_id="admin")
+        # time-outs: an oracle that waits forever on a frozen OSD would hang the test run
+        timeouts = {"rados_osd_op_timeout": "30", "rados_mon_op_timeout": "30"}
+        self.rados = rados.Rados(conffile=str(cluster.conf), rados_id="admin", conf=timeouts)
         self.rados.connect(timeout=10)
         self.ioctx = self.rados.open_ioctx(cluster.pool)
 
@@ -426,15 +428,18 @@ async def test_ceph_stopped_mid_upload(driver: RbdStorageDriver, ceph: CephClust
 
     async def upload() -> AsyncIterator[bytes]:
         yield os.urandom(8 * MiB)
-        with ceph.frozen("osd.0"):
-            frozen.set()
-            for _ in range(4):
-                yield os.urandom(4 * MiB)
-            raise AssertionError("the driver kept writing into a stopped cluster")
+        ceph.freeze("osd.0")  # thawed by the test below, whatever the driver does with us
+        frozen.set()
+        for _ in range(4):
+            yield os.urandom(4 * MiB)
+        raise AssertionError("the driver kept writing into a stopped cluster")
 
     started = time.monotonic()
-    with pytest.raises(StorageError, match="Ceph did not answer within 3 s"):
-        await driver.write_image(f"{token}-img", upload())
+    try:
+        with pytest.raises(StorageError, match="Ceph did not answer within 3 s"):
+            await driver.write_image(f"{token}-img", upload())
+    finally:
+        ceph.thaw()
     assert frozen.is_set()
     print(f"failed after {time.monotonic() - started:.1f} s")  # shown with pytest -s
     # the cluster is back: no image under the real name; the leftover (if the undo could
