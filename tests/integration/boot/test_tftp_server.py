@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
+import bramble.boot.tftp as tftp_module
 from bramble.boot.tftp import TftpEvent, TftpServer
 from bramble.proto.tftp import (
     Ack,
@@ -75,8 +76,13 @@ class Running:
 
 
 async def _serve(root: Path, out: Path, **kwargs: object) -> AsyncIterator[Running]:
+    async for running in _serve_on(HOST, root, out, **kwargs):
+        yield running
+
+
+async def _serve_on(host: str, root: Path, out: Path, **kwargs: object) -> AsyncIterator[Running]:
     events: list[TftpEvent] = []
-    server = TftpServer(root, host=HOST, port=0, on_event=events.append, **kwargs)  # type: ignore[arg-type]
+    server = TftpServer(root, host=host, port=0, on_event=events.append, **kwargs)  # type: ignore[arg-type]
     await server.start()
     out.mkdir()
     try:
@@ -524,3 +530,63 @@ async def test_non_requests_at_the_request_port_are_ignored_and_counted(srv: Run
     assert srv.server.stats["ignored"] == 4
     assert srv.server.stats["malformed"] == 0
     assert srv.server.stats["transfers_started"] == 0
+
+
+async def test_requests_beyond_the_transfer_limit_get_error_0(srv: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tftp_module, "_MAX_TRANSFERS", 1)
+
+    def refuse() -> Error:
+        with Client(srv.server.port) as first, Client(srv.server.port) as second:
+            first.send(ReadRequest("small.bin"))
+            _, tid = first.recv()
+            second.send(ReadRequest("small.bin"))
+            reply, _ = second.recv()
+            first.send(Error(ErrorCode.NOT_DEFINED, "done"), tid)
+            assert isinstance(reply, Error)
+            return reply
+
+    reply = await anyio.to_thread.run_sync(refuse)
+    assert reply.code is ErrorCode.NOT_DEFINED and "busy" in reply.message
+    await srv.event(2)
+    assert sorted(e.outcome for e in srv.events) == ["aborted", "denied"]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+async def test_ipv6_transfer_and_stranger(boot_root: Path, tmp_path: Path) -> None:
+    async for running in _serve_on("::1", boot_root, tmp_path / "out"):
+
+        def run(port: int = running.server.port) -> tuple[bytes, Packet]:
+            with (
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock,
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as intruder,
+            ):
+                sock.settimeout(5)
+                intruder.settimeout(5)
+                sock.sendto(encode(ReadRequest("sub/tiny.txt")), ("::1", port))
+                chunks = []
+                stray: Packet | None = None
+                while True:
+                    data, tid = sock.recvfrom(70000)
+                    packet = decode(data)
+                    assert isinstance(packet, Data)
+                    if stray is None:
+                        intruder.sendto(encode(Ack(1)), tid)
+                        stray = decode(intruder.recvfrom(70000)[0])
+                    chunks.append(packet.data)
+                    sock.sendto(encode(Ack(packet.block)), tid)
+                    if len(packet.data) < 512:
+                        return b"".join(chunks), stray
+
+        data, stray = await anyio.to_thread.run_sync(run)
+        assert data == (boot_root / "sub" / "tiny.txt").read_bytes()
+        assert isinstance(stray, Error) and stray.code is ErrorCode.UNKNOWN_TID
+        assert (await running.event()).outcome == "sent"
