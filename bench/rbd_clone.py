@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 from _common import REPO, arg_parser, host_line, install_signal_cleanup, median, print_table
@@ -90,9 +90,10 @@ class BareLibrbd:
         self.cluster.shutdown()
 
 
-async def timed(action: Callable[[], Awaitable[object]]) -> float:
+async def timed(action: Awaitable[object]) -> float:
+    """Milliseconds to await ``action`` (a coroutine does not start before it is awaited)."""
     started = time.perf_counter()
-    await action()
+    await action
     return (time.perf_counter() - started) * 1000
 
 
@@ -132,28 +133,22 @@ async def run(rounds: int, size_gib: int, data_mib: int) -> None:
                 order = order[n % len(order) :] + order[: n % len(order)]
                 for name in order:
                     if name == "clone_disk (driver)":
-                        ms = await timed(lambda n=n: driver.clone_disk(f"c{n}", image, 0))
+                        ms = await timed(driver.clone_disk(f"c{n}", image, 0))
                         cleanup = driver.delete_disk(f"c{n}")
                     elif name == "clone_disk + grow to 2x (driver)":
                         grow = 2 * image.virtual_size_bytes
-                        ms = await timed(lambda n=n, grow=grow: driver.clone_disk(f"g{n}", image, grow))
+                        ms = await timed(driver.clone_disk(f"g{n}", image, grow))
                         cleanup = driver.delete_disk(f"g{n}")
                     elif name == "bare librbd clone, no rename (floor)":
-                        ms = await timed(lambda n=n: asyncio.to_thread(bare.clone, f"bare-{n}"))
+                        ms = await timed(asyncio.to_thread(bare.clone, f"bare-{n}"))
                         cleanup = asyncio.to_thread(bare.remove, f"bare-{n}")
                     elif name == "rbd clone (CLI)":
                         target = f"{cluster.pool}/cli-clone-{n}"
-                        ms = await timed(
-                            lambda target=target: asyncio.to_thread(rbd_cli, cluster, "clone", parent, target)
-                        )
+                        ms = await timed(asyncio.to_thread(rbd_cli, cluster, "clone", parent, target))
                         cleanup = asyncio.to_thread(rbd_cli, cluster, "rm", "--no-progress", target)
                     else:
                         target = f"{cluster.pool}/copy-{n}"
-                        ms = await timed(
-                            lambda target=target: asyncio.to_thread(
-                                rbd_cli, cluster, "cp", "--no-progress", parent, target
-                            )
-                        )
+                        ms = await timed(asyncio.to_thread(rbd_cli, cluster, "cp", "--no-progress", parent, target))
                         cleanup = asyncio.to_thread(rbd_cli, cluster, "rm", "--no-progress", target)
                     results[name].append(ms)
                     await cleanup
