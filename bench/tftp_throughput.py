@@ -59,9 +59,10 @@ DOWNLOAD_TIMEOUT = 180.0
 ATFTPD_FALLBACK = Path("/opt/atftpd/usr/sbin/atftpd")
 
 # The Bramble server runner: serve argv[1] on an ephemeral loopback port, print the port,
-# run until SIGTERM/SIGINT. With argv[4] set, profile the event loop and dump stats there.
+# run until SIGTERM/SIGINT. With argv[4] set, profile the event loop and every thread (each
+# transfer runs in its own thread) and dump the merged stats there.
 _RUNNER = r"""
-import asyncio, cProfile, signal, sys
+import asyncio, cProfile, pstats, signal, sys, threading
 from pathlib import Path
 from bramble.boot.tftp import TftpServer
 
@@ -79,13 +80,29 @@ async def main():
     await server.close()
 
 if profile_out:
+    thread_profiles = []
+    thread_run = threading.Thread.run
+
+    def profiled_run(self):
+        profile = cProfile.Profile()
+        thread_profiles.append(profile)
+        profile.enable()
+        try:
+            thread_run(self)
+        finally:
+            profile.disable()
+
+    threading.Thread.run = profiled_run
     profiler = cProfile.Profile()
     profiler.enable()
     try:
         asyncio.run(main())
     finally:
         profiler.disable()
-        profiler.dump_stats(profile_out)
+        stats = pstats.Stats(profiler)
+        for profile in thread_profiles:
+            stats.add(profile)
+        stats.dump_stats(profile_out)
 else:
     asyncio.run(main())
 """
@@ -366,6 +383,7 @@ def main() -> int:
                 print(f"round {rnd + 1}/{args.rounds} done in {time.monotonic() - t_round:.1f} s", flush=True)
 
             report(cells, names, results, size)
+            print(f"load average at the end: {Path('/proc/loadavg').read_text().split()[0]}")
             if args.profile_bramble:
                 profile_bramble(servers, cells, expect, work, args.profile_top)
         finally:
@@ -390,13 +408,27 @@ def report(cells: list[Cell], names: list[str], results: dict[tuple[Cell, str], 
                 vs = f"{secs / med['bramble']:.2f}x"  # Bramble MB/s / anchor MB/s
             ok = f"{len(res.seconds)}/{len(res.seconds) + len(res.failures)}"
             # in.tftpd forks a child per RRQ that its parent does not reap promptly: not measurable.
-            cpu = "n/a" if name == "tftpd-hpa" or not res.server_cpu else f"{median(res.server_cpu):.2f}"
+            cpu = per_block = "n/a"
+            if name != "tftpd-hpa" and res.server_cpu:
+                cpu = f"{median(res.server_cpu):.2f}"
+                per_block = f"{median(res.server_cpu) / (size // cell.blksize + 1) * 1e6:.1f}"
             spread = f"{min(res.seconds):.2f}-{max(res.seconds):.2f}" if res.seconds else ""
-            rows.append([cell.label, name, secs, spread, f"{mbps:.1f}", vs, cpu, ok, note])
+            rows.append([cell.label, name, secs, spread, f"{mbps:.1f}", vs, cpu, per_block, ok, note])
             failures += [f"{cell.label}, {name}: {why}" for why in res.failures]
     print_table(
         "TFTP download, median of rounds (Bramble/anchor = Bramble's MB/s over the anchor's; target >= 1.00x)",
-        ["cell", "server", "median s", "min-max s", "MB/s", "Bramble/anchor", "server CPU s", "ok", "note"],
+        [
+            "cell",
+            "server",
+            "median s",
+            "min-max s",
+            "MB/s",
+            "Bramble/anchor",
+            "server CPU s",
+            "CPU us/block",
+            "ok",
+            "note",
+        ],
         rows,
     )
     if failures:
