@@ -511,8 +511,8 @@ def _udp_socket(host: str, port: int, interface: str | None) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        # Bursts of DISCOVERs (a rack powering on, perfdhcp) must queue, not drop, while we work.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        # The default receive buffer (~200 KiB) on purpose: under overload a deep queue only makes every
+        # answer late (clients give up after about a second); dropping early keeps the answers fresh.
         if interface is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode() + b"\0")
         sock.bind((host, port))
