@@ -102,6 +102,14 @@ class Agent:
         await self.control.register_node(self.facts())
         await self._adopt()
         await self.reconcile_once()
+        if self.networks is not None:
+            try:
+                stray = await self.networks.sweep_taps()
+            except Exception:  # a sweep is housekeeping: it must not keep the node from starting
+                log.exception("could not sweep stray taps")
+            else:
+                if stray:
+                    log.info("removed %d stray tap(s): %s", len(stray), ", ".join(stray))
         self._tasks = [
             asyncio.create_task(self._reconcile_loop(), name="agent-reconcile"),
             asyncio.create_task(self._heartbeat_loop(), name="agent-heartbeat"),

@@ -140,6 +140,21 @@ class NodeNetworks:
                 await asyncio.to_thread(self.driver.remove_network, network_id)
             await self._sync_dhcp()
 
+    async def sweep_taps(self) -> list[str]:
+        """Remove Bramble taps that no plugged NIC owns: left by VMs deleted while the daemon was down.
+
+        Called once after the first reconcile pass, when every VM that should run is plugged. A stopped
+        VM's tap may go too; plugging makes it again at the next start. Bridges are kept: their names
+        are hashes of network ids and cannot be mapped back (see docs/network.md, limits).
+        """
+        async with self._lock:
+            owned = {nic.tap for nic in self.nics()}
+            observed = await asyncio.to_thread(self.driver.observe)
+            stray = sorted(tap for tap in observed.taps if tap not in owned)
+            for tap in stray:
+                await asyncio.to_thread(self.driver.remove_tap, tap)
+            return stray
+
     def _taps(self) -> set[str]:
         return set(self.driver.observe().taps)
 

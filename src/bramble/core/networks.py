@@ -317,11 +317,18 @@ class NetworkService:
             taken.add(mac)
 
     @staticmethod
-    async def release(session: AsyncSession, vm_id: str, now: datetime | None = None) -> list[NicRow]:
-        """Free a VM's addresses (in the transaction that deletes it): each starts its quarantine now."""
+    async def release(
+        session: AsyncSession, vm_id: str, now: datetime | None = None, *, quarantine: bool = True
+    ) -> list[NicRow]:
+        """Free a VM's addresses (in the transaction that deletes it): each starts its quarantine now.
+
+        ``quarantine=False`` for a create undone before its guest ran: nobody can hold a lease or
+        an ARP entry for the address, and the user's retry with the same fixed address must work.
+        """
         now = now or utcnow()
         nics = list((await session.scalars(select(NicRow).where(NicRow.vm_id == vm_id))).all())
         for nic in nics:
-            await session.merge(IpReleaseRow(network_id=nic.network_id, address=nic.address, freed_at=now))
+            if quarantine:
+                await session.merge(IpReleaseRow(network_id=nic.network_id, address=nic.address, freed_at=now))
             await session.delete(nic)
         return nics

@@ -27,7 +27,7 @@ from bramble.core.gateway import NodeGateway
 from bramble.core.images import stored_image
 from bramble.core.networks import NetworkService, NicRequest, attachment, nics_by_vm
 from bramble.core.operations import OperationHandle
-from bramble.db.models import FlavorRow, ImageRow, NodeRow, OperationRow, VmRow, utcnow
+from bramble.db.models import FlavorRow, ImageRow, NetworkRow, NicRow, NodeRow, OperationRow, VmRow, utcnow
 from bramble.scheduler.placement import NodeCapacity, NoPlacement, PlacementRequest, place
 
 GIB = 1024**3
@@ -106,7 +106,7 @@ class VmService:
             flavor = await session.get(FlavorRow, vm.flavor_id) if vm.flavor_id else None
             return vm, image, flavor
 
-    async def nics(self, vm_ids: Sequence[str] | None = None) -> dict[str, list[tuple[Any, Any]]]:
+    async def nics(self, vm_ids: Sequence[str] | None = None) -> dict[str, list[tuple[NicRow, NetworkRow]]]:
         """(NIC, network) rows per VM id, in guest order."""
         async with self.deps.db.read() as session:
             return dict(await nics_by_vm(session, vm_ids))
@@ -130,8 +130,11 @@ class VmService:
         async with self.deps.runner.validating(ctx, "vm.create", target):
             row, image = await self._validate_and_insert(req)
 
+        guest_ran = False  # a guest that never ran never used its addresses: no quarantine for them
+
         async def work(op: OperationHandle) -> dict[str, Any]:
-            op.undo.push("remove the VM row", lambda: self._delete_row(row.id))
+            nonlocal guest_ran
+            op.undo.push("remove the VM row", lambda: self._delete_row(row.id, quarantine=guest_ran))
             gateway = self._gateway(row)
             await op.progress(10, "creating disk")
             disk = await gateway.prepare_disk(row.id, stored_image(image), row.disk_gib * GIB)
@@ -142,6 +145,7 @@ class VmService:
                 await op.progress(40, "starting")
                 op.undo.push("stop the QEMU process", lambda: gateway.destroy_vm(row.id))
                 runtime = await gateway.start_vm(await self.spec(row, image))
+                guest_ran = True
                 await self._apply_runtime(row.id, runtime, state="running")
             else:
                 await self._update(row.id, state="stopped", state_reason="created without starting")
@@ -383,12 +387,12 @@ class VmService:
             values["accel"] = runtime.extra["accel"]
         await self._update(vm_id, **values)
 
-    async def _delete_row(self, vm_id: str) -> None:
+    async def _delete_row(self, vm_id: str, *, quarantine: bool = True) -> None:
         """Remove the VM; its addresses start their quarantine in the same transaction."""
         async with self.deps.db.write() as session:
             row = await session.get(VmRow, vm_id)
             if row is not None:
-                await self.networks.release(session, vm_id)
+                await self.networks.release(session, vm_id, quarantine=quarantine)
                 await session.delete(row)
 
 

@@ -77,3 +77,13 @@ async def test_a_refused_policy_is_forgotten() -> None:
     assert networks.nics() == []
     await networks.plug(vm("b", nic(2)))  # the refused VM does not poison later plugs
     assert [p.tap for p in driver.policies.values()] == [nic(2).tap]
+
+
+async def test_sweep_removes_only_taps_no_plugged_nic_owns() -> None:
+    driver = FakeNetworkDriver()
+    await NodeNetworks(driver, serve_dhcp=False).plug(vm("gone", nic(1)))  # an earlier life of the agent
+    networks = NodeNetworks(driver, serve_dhcp=False)
+    await networks.plug(vm("kept", nic(2)))
+    assert await networks.sweep_taps() == [nic(1).tap]
+    assert set(driver.taps) == {nic(2).tap}
+    assert await networks.sweep_taps() == []

@@ -282,10 +282,16 @@ async def test_failed_start_unplugs_and_frees(api: httpx.AsyncClient, services: 
     await make_image(api)
     await make_net(api)
     services.agent.compute.fail_start["broken"] = "qemu: could not open tap"  # type: ignore[union-attr,attr-defined]
-    body = {"name": "broken", "image": "tiny", "cpus": 1, "memory_mib": 64, "disk_gib": 1, "nics": [{"network": "lan"}]}
+    nics = [{"network": "lan", "address": "10.20.0.40"}]
+    body = {"name": "broken", "image": "tiny", "cpus": 1, "memory_mib": 64, "disk_gib": 1, "nics": nics}
     response = await api.post("/v1/vms", json=body)
     assert response.status_code == 202
     assert (await wait_operation(api, response.json()["operation"]["id"]))["status"] == "failed"
     assert await count(services, NicRow) == 0 and await count(services, VmRow) == 0
     driver = fake_driver(services)
     assert driver.taps == {} and driver.networks == {}
+    # The guest never ran, so its address is not quarantined: the retry gets it.
+    assert await count(services, IpReleaseRow) == 0
+    del services.agent.compute.fail_start["broken"]  # type: ignore[union-attr,attr-defined]
+    retried = await make_vm(api, "broken", nics=nics)
+    assert retried["nics"][0]["address"] == "10.20.0.40"
