@@ -33,6 +33,7 @@ import contextlib
 import errno
 import functools
 import json
+import logging
 import os
 import re
 import secrets
@@ -47,6 +48,7 @@ from typing import Any, TypeVar
 from bramble.storage.driver import StorageDriver, StorageError, StoredDisk, StoredImage, detect_format
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 BASE_SNAPSHOT = "base"
 IMAGE_PREFIX = "img-"
@@ -56,6 +58,7 @@ HEAD_BYTES = 64 * 1024
 BLOCK_BYTES = 4 * 1024 * 1024  # one RBD object: writes of this size touch one object each
 FIRST_SIZE = 1024**3  # a streamed upload's image starts here and doubles as needed
 LOCAL_PARTS = ("kernel", "initrd")
+SWEEP_AGE = 300.0  # seconds: a temporary image younger than this may be another node's upload
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 POOL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -133,6 +136,7 @@ class RbdStorageDriver(StorageDriver):
         self._lock = threading.Lock()
         self._cluster: Any = None
         self._ioctx: Any = None
+        self._swept = False
 
     # ------------------------------------------------------------------ connection
     def _write_client_conf(self) -> None:
@@ -213,6 +217,12 @@ class RbdStorageDriver(StorageDriver):
 
         def work() -> T:
             ioctx = self._connect()
+            if not self._swept:
+                self._swept = True
+                try:
+                    self._sweep(SWEEP_AGE, ioctx)
+                except Exception as exc:  # the sweep is housekeeping; the caller's operation goes on
+                    log.warning("sweeping unfinished RBD images failed: %s", exc)
             try:
                 return fn(ioctx)
             except StorageError:
@@ -449,33 +459,35 @@ class RbdStorageDriver(StorageDriver):
         with contextlib.suppress(StorageError):
             await asyncio.shield(self._call(f"removing the unfinished {partial}", discard))
 
-    async def sweep_partials(self, *, older_than: float = 300.0) -> list[str]:
+    async def sweep_partials(self, *, older_than: float = SWEEP_AGE) -> list[str]:
         """Remove unfinished uploads nobody has open any more (left when Ceph failed mid-write).
 
         An upload in progress keeps its image open (a watcher), and young images are left
-        alone too, so a sweep never breaks another node's running upload.
+        alone too, so a sweep never breaks another node's running upload. The driver also
+        sweeps once by itself after its first connection.
         """
+        return await self._call("sweeping unfinished uploads", functools.partial(self._sweep, older_than))
+
+    def _sweep(self, older_than: float, ioctx: Any) -> list[str]:
         import rbd
 
-        def sweep(ioctx: Any) -> list[str]:
-            removed = []
-            for name in rbd.RBD().list(ioctx):
-                if not name.startswith(PARTIAL_PREFIX):
-                    continue
-                try:
-                    with self._open(ioctx, name, read_only=True) as image:
-                        age = time.time() - image.create_timestamp().timestamp()
-                        busy = bool(list(image.watchers_list()))
-                except rbd.ImageNotFound:
-                    continue
-                if busy or age < older_than:
-                    continue
-                with contextlib.suppress(StorageError, rbd.ImageNotFound, rbd.ImageBusy):
-                    self._remove(ioctx, name)
-                    removed.append(name)
-            return removed
-
-        return await self._call("sweeping unfinished uploads", sweep)
+        removed = []
+        for name in rbd.RBD().list(ioctx):
+            if not name.startswith(PARTIAL_PREFIX):
+                continue
+            try:
+                with self._open(ioctx, name, read_only=True) as image:
+                    age = time.time() - image.create_timestamp().timestamp()
+                    busy = bool(list(image.watchers_list()))
+            except rbd.ImageNotFound:
+                continue
+            if busy or age < older_than:
+                continue
+            with contextlib.suppress(StorageError, rbd.ImageNotFound, rbd.ImageBusy):
+                self._remove(ioctx, name)
+                removed.append(name)
+                log.info("removed %s/%s, an unfinished upload or clone", self.pool, name)
+        return removed
 
     # ------------------------------------------------------------------ images
     async def write_image(self, image_id: str, chunks: AsyncIterator[bytes], *, part: str = "disk") -> int:
