@@ -274,6 +274,43 @@ async def test_kernel_and_initrd_stay_on_the_node(driver: RbdStorageDriver, toke
     assert not await driver.image_exists(f"{token}-k")
 
 
+async def test_reupload_replaces_an_image_without_clones(driver: RbdStorageDriver, admin: Admin, token: str) -> None:
+    await import_image(driver, f"{token}-img", sparse_raw(MiB, {0: b"first"}))
+    image = await import_image(driver, f"{token}-img", sparse_raw(2 * MiB, {0: b"second"}))
+    assert image.virtual_size_bytes == 2 * MiB
+    assert admin.read(f"img-{token}-img", 0, 6) == b"second"
+    assert admin.images(token) == [f"img-{token}-img"]
+
+
+async def test_iso_image_gives_a_blank_disk(driver: RbdStorageDriver, admin: Admin, token: str) -> None:
+    iso = sparse_raw(4 * MiB, {0x8001: b"CD001"})
+    image = await import_image(driver, f"{token}-iso", iso)
+    assert image.format == "iso"
+    disk = await driver.clone_disk(f"{token}-vm", image, 64 * MiB)
+    assert disk.virtual_size_bytes == 64 * MiB
+    assert admin.info(f"disk-{token}-vm").get("parent") is None  # the ISO is a CD-ROM, not a parent
+    assert admin.read(f"disk-{token}-vm", 0, MiB) == bytes(MiB)
+
+
+async def test_concurrent_clones_share_one_connection(driver: RbdStorageDriver, admin: Admin, token: str) -> None:
+    image = await import_image(driver, f"{token}-img", sparse_raw(8 * MiB, {0: b"shared"}))
+    disks = await asyncio.gather(*(driver.clone_disk(f"{token}-{n}", image, 0) for n in range(8)))
+    assert sorted(d.disk_id for d in disks) == sorted(f"{token}-{n}" for n in range(8))
+    assert sorted(await driver.image_clones(f"{token}-img")) == sorted(f"{token}-{n}" for n in range(8))
+    await asyncio.gather(*(driver.delete_disk(d.disk_id) for d in disks))
+    assert admin.images(token) == [f"img-{token}-img"]
+
+
+def test_bad_settings_are_refused_at_construction(tmp_path: Path) -> None:
+    conf = tmp_path / "ceph.conf"
+    with pytest.raises(StorageError, match="bad Ceph pool name"):
+        RbdStorageDriver(conf=conf, pool="a/b", work_dir=tmp_path)
+    with pytest.raises(StorageError, match=r"without 'client\.'"):
+        RbdStorageDriver(conf=conf, pool="p", user="client:x", work_dir=tmp_path)
+    with pytest.raises(StorageError, match="whole seconds"):
+        RbdStorageDriver(conf=conf, pool="p", work_dir=tmp_path, op_timeout=0)
+
+
 # ---------------------------------------------------------------------- dependencies
 async def test_image_with_clones_cannot_be_deleted(driver: RbdStorageDriver, admin: Admin, token: str) -> None:
     data = sparse_raw(8 * MiB, {0: os.urandom(2 * MiB)})
