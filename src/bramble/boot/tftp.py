@@ -271,7 +271,8 @@ class _Slabs:
 def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
     """SO_RCVTIMEO on a blocking socket: a timed wait with no poll() before each recvfrom."""
     whole = int(seconds)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", whole, int((seconds - whole) * 1e6)))
+    micro = max(int((seconds - whole) * 1e6), 0 if whole else 1)  # all zeros would mean "wait forever"
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", whole, micro))
 
 
 class _Transfer:
@@ -358,6 +359,7 @@ class _Transfer:
         """Send blocks first..last, stopping after the file's final block; return the last sent."""
         slabs, sock = self._slabs, self._sock
         size, per_slab = slabs.packet_size, slabs.per_slab
+        segments = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // size)  # 0 or 1 for big blocks: no GSO
         block = first
         while block <= last:
             if slabs.last_block is not None and block > slabs.last_block:
@@ -367,8 +369,8 @@ class _Transfer:
             run_end = min(last, ((block - 1) // per_slab + 1) * per_slab)  # same buffer only
             if final is not None:
                 run_end = min(run_end, final)
-            if self._gso and run_end > block:
-                run_end = min(run_end, block + min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // size) - 1)
+            if self._gso and segments > 1 and run_end > block:
+                run_end = min(run_end, block + segments - 1)
                 tail = slabs.last_len if run_end == final else slabs.blksize
                 end = offset + (run_end - block) * size + 4 + tail
                 try:

@@ -590,3 +590,21 @@ async def test_ipv6_transfer_and_stranger(boot_root: Path, tmp_path: Path) -> No
         assert data == (boot_root / "sub" / "tiny.txt").read_bytes()
         assert isinstance(stray, Error) and stray.code is ErrorCode.UNKNOWN_TID
         assert (await running.event()).outcome == "sent"
+
+
+@pytest.mark.parametrize(("blksize", "windowsize"), [(65464, 2), (8192, 8), (1468, 64)])
+async def test_atftp_large_blocks_and_windows(boot_root: Path, tmp_path: Path, blksize: int, windowsize: int) -> None:
+    """Blocks too big for one GSO send, GSO runs shorter than the window, and the largest window.
+
+    (65464 x 4 is not tested: four 64 KiB datagrams overflow the atftp client's default receive
+    buffer, and it fails the same way against atftpd.)
+    """
+    atftp = _need("atftp")
+    async for running in _serve(boot_root, tmp_path / "out", max_blksize=65464):
+        out = running.out / "big.bin"
+        cmd = [atftp, "--get", "-r", "big.bin", "-l", str(out)]
+        cmd += ["--option", f"blksize {blksize}", "--option", f"windowsize {windowsize}"]
+        await _run_client([*cmd, HOST, str(running.server.port)])
+        assert _sha(out) == _sha(boot_root / "big.bin")
+        event = await running.event()
+        assert (event.outcome, event.bytes_sent, event.blksize, event.windowsize) == ("sent", BIG, blksize, windowsize)
