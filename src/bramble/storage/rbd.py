@@ -228,6 +228,9 @@ class RbdStorageDriver(StorageDriver):
             except StorageError:
                 raise
             except Exception as exc:
+                # ESHUTDOWN is also what Ceph returns to a client it has blocklisted
+                if _errno_of(exc) == errno.ESHUTDOWN or type(exc).__name__ == "ConnectionShutdown":
+                    self._drop_connection()  # unusable now; the next call reconnects
                 raise self._translate(what, exc) from None
 
         return await asyncio.to_thread(work)
@@ -245,21 +248,23 @@ class RbdStorageDriver(StorageDriver):
             return StorageError(f"{what}: the Ceph connection was shut down")
         if isinstance(exc, rbd.NoSpace | rados.NoSpace) or code == errno.ENOSPC:
             return StorageError(f"{what}: the Ceph pool {self.pool!r} is full")
+        if isinstance(exc, rbd.ImageNotFound):
+            return StorageError(f"{what}: no such RBD image in pool {self.pool!r}")
         return StorageError(f"{what}: {exc}")
 
-    async def close(self) -> None:
-        """Drop the cluster connection (the next call reconnects)."""
-
-        def shutdown() -> None:
-            with self._lock:
-                ioctx, cluster = self._ioctx, self._cluster
-                self._ioctx = self._cluster = None
+    def _drop_connection(self) -> None:
+        with self._lock:
+            ioctx, cluster = self._ioctx, self._cluster
+            self._ioctx = self._cluster = None
+        with contextlib.suppress(Exception):
             if ioctx is not None:
                 ioctx.close()
             if cluster is not None:
                 cluster.shutdown()
 
-        await asyncio.to_thread(shutdown)
+    async def close(self) -> None:
+        """Drop the cluster connection (the next call reconnects)."""
+        await asyncio.to_thread(self._drop_connection)
 
     # ------------------------------------------------------------------ names
     @staticmethod

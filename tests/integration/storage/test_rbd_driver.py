@@ -536,3 +536,26 @@ async def test_daemon_builds_the_rbd_driver_from_settings(ceph: CephCluster, tmp
         await storage.close()
     with pytest.raises(ValidationError, match="ceph_pool"):
         Settings(state_dir=tmp_path, storage={"driver": "rbd", "ceph_pool": "a/b"})  # type: ignore[arg-type]
+
+
+async def test_blocklisted_client_reconnects(driver: RbdStorageDriver, admin: Admin, token: str) -> None:
+    """A client the cluster has blocklisted (as after a lost lock fight) gets a fresh connection."""
+    await driver.create_blank_disk(f"{token}-d", MiB)
+    addrs = driver._cluster.get_addrs()  # this driver's own client address(es)
+    addr = addrs.split(",")[-1].strip("[]").split(":", 1)[-1] if addrs.startswith("[") else addrs
+    ret, _, status = admin.rados.mon_command(
+        json.dumps({"prefix": "osd blocklist", "blocklistop": "add", "addr": addr}), b""
+    )
+    assert ret == 0, status
+    try:
+        end = time.monotonic() + 30
+        while True:  # the OSD learns of the blocklist with the next OSD map
+            try:
+                await driver.disk_exists(f"{token}-d")
+            except StorageError:
+                break
+            assert time.monotonic() < end, "the blocklist never reached the driver"
+            await asyncio.sleep(0.2)
+        assert await driver.disk_exists(f"{token}-d")  # a new connection, a new address
+    finally:
+        admin.rados.mon_command(json.dumps({"prefix": "osd blocklist", "blocklistop": "rm", "addr": addr}), b"")
