@@ -160,7 +160,7 @@ class VmService:
         async with self.deps.db.read() as session:
             image = await find_by_ref(session, ImageRow, req.image, "image")
             flavor = await find_by_ref(session, FlavorRow, req.flavor, "flavor") if req.flavor else None
-            await self.networks.resolve(session, req.nics)  # an unknown network is a 404 before anything
+            networks = await self.networks.resolve(session, req.nics)  # unknown: a 404 before anything
         if image.status != "active":
             raise Conflict(f"image {image.name!r} is {image.status}, not active")
         cpus = req.cpus or (flavor.cpus if flavor else None)
@@ -207,7 +207,7 @@ class VmService:
                 if req.nics:
                     # Addresses are decided under the same lock as the insert (see NetworkService.allocate).
                     await session.flush()
-                    await self.networks.allocate(session, row.id, req.nics)
+                    await self.networks.allocate(session, row.id, req.nics, networks)
         except IntegrityError:
             raise Conflict(f"a VM named {req.name!r} already exists") from None
         return row, image

@@ -43,3 +43,20 @@ async def test_concurrent_nic_creates_and_overlapping_networks_on_postgres(pg_ap
     nics = [n for vm in (await pg_api.get("/v1/vms")).json() for n in vm["nics"]]
     assert len(nics) == 25
     assert len({n["address"] for n in nics}) == 25 and len({n["mac"] for n in nics}) == 25
+
+
+async def test_quarantine_on_postgres(pg_api: httpx.AsyncClient) -> None:
+    assert (await pg_api.post("/v1/networks", json={"name": "q", "cidr": "10.71.0.0/24"})).status_code == 201
+    await make_image(pg_api)
+    body = {"image": "tiny", "cpus": 1, "memory_mib": 64, "disk_gib": 1, "nics": [{"network": "q"}]}
+    created = await pg_api.post("/v1/vms", json={"name": "a", **body})
+    assert (await wait_operation(pg_api, created.json()["operation"]["id"]))["status"] == "succeeded"
+    address = (await pg_api.get("/v1/vms/a")).json()["nics"][0]["address"]
+    deleted = await pg_api.delete("/v1/vms/a")
+    assert (await wait_operation(pg_api, deleted.json()["operation"]["id"]))["status"] == "succeeded"
+    fixed = {**body, "nics": [{"network": "q", "address": address}]}
+    refused = await pg_api.post("/v1/vms", json={"name": "b", **fixed})
+    assert refused.status_code == 409 and "quarantined until" in refused.json()["error"]["message"]
+    other = await pg_api.post("/v1/vms", json={"name": "c", **body})
+    assert (await wait_operation(pg_api, other.json()["operation"]["id"]))["status"] == "succeeded"
+    assert (await pg_api.get("/v1/vms/c")).json()["nics"][0]["address"] != address

@@ -295,3 +295,18 @@ async def test_failed_start_unplugs_and_frees(api: httpx.AsyncClient, services: 
     del services.agent.compute.fail_start["broken"]  # type: ignore[union-attr,attr-defined]
     retried = await make_vm(api, "broken", nics=nics)
     assert retried["nics"][0]["address"] == "10.20.0.40"
+
+
+async def test_a_mac_already_taken_is_drawn_again(
+    api: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bramble.core.networks as networks_module
+
+    await make_image(api)
+    await make_net(api)
+    first = await make_vm(api, "one", nics=[{"network": "lan"}])
+    taken = first["nics"][0]["mac"]
+    draws = iter([taken, taken, "02:b7:00:00:00:99"])
+    monkeypatch.setattr(networks_module, "new_mac", lambda _taken: next(draws))
+    second = await make_vm(api, "two", nics=[{"network": "lan"}])
+    assert second["nics"][0]["mac"] == "02:b7:00:00:00:99"
