@@ -16,7 +16,10 @@ Each result is deleted (untimed) before the next round. The table shows median, 
 max milliseconds and each operation's time as a fraction of ``rbd cp``. Target: the clone
 under 50 ms whatever the image size.
 
-    .venv/bin/python bench/rbd_clone.py [--rounds 7] [--data-mib 256] [--size-gib 10]
+A second table times ``clone_disk`` alone for images of other virtual sizes (default 1 and
+100 GiB, same data): a clone should cost the same whatever the image size.
+
+    .venv/bin/python bench/rbd_clone.py [--rounds 7] [--data-mib 256] [--size-gib 10] [--scale-gib 1 100]
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ async def timed(action: Awaitable[object]) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def run(rounds: int, size_gib: int, data_mib: int) -> None:
+async def run(rounds: int, size_gib: int, data_mib: int, scale_gib: list[int]) -> None:
     print(host_line())
     started = time.monotonic()
     with ceph_cluster(osd_bytes=4 * (size_gib + 2) * GiB) as cluster, tempfile.TemporaryDirectory() as tmp:
@@ -169,9 +172,32 @@ async def run(rounds: int, size_gib: int, data_mib: int) -> None:
                 f" rbd cp is {anchor / clone_ms:.0f}x slower"
             )
             bare.close()
+            if scale_gib:
+                await clone_by_size(driver, work, rounds, data_mib, [*scale_gib, size_gib])
         finally:
             await driver.delete_image("bench", flatten=True)
             await driver.close()
+
+
+async def clone_by_size(driver: RbdStorageDriver, work: Path, rounds: int, data_mib: int, sizes: list[int]) -> None:
+    """clone_disk for images of several virtual sizes holding the same data: the time should not move."""
+    rows = []
+    for size in sorted(set(sizes)):
+        source = work / f"scale-{size}.qcow2"
+        make_qcow2(source, size, min(data_mib, size * 1024 // 4))
+        image_id = f"scale-{size}"
+        await driver.write_image(image_id, file_chunks(source))
+        image = await driver.finalize_image(image_id)
+        source.unlink()
+        try:
+            times = []
+            for n in range(rounds):
+                times.append(await timed(driver.clone_disk(f"s{size}-{n}", image, 0)))
+                await driver.delete_disk(f"s{size}-{n}")
+            rows.append([f"{size} GiB", f"{median(times):.1f}", f"{min(times):.1f}", f"{max(times):.1f}"])
+        finally:
+            await driver.delete_image(image_id, flatten=True)
+    print_table(f"clone_disk by image size, {rounds} rounds (ms)", ["image", "median", "min", "max"], rows)
 
 
 def main() -> None:
@@ -179,8 +205,15 @@ def main() -> None:
     parser = arg_parser(__doc__.splitlines()[0], rounds=7)
     parser.add_argument("--size-gib", type=int, default=10, help="virtual size of the image (default 10)")
     parser.add_argument("--data-mib", type=int, default=256, help="data written into it (default 256)")
+    parser.add_argument(
+        "--scale-gib",
+        type=int,
+        nargs="*",
+        default=[1, 100],
+        help="also time clone_disk for images of these sizes (default 1 100; none: skip)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.rounds, args.size_gib, args.data_mib))
+    asyncio.run(run(args.rounds, args.size_gib, args.data_mib, args.scale_gib))
 
 
 if __name__ == "__main__":
