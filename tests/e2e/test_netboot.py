@@ -212,16 +212,16 @@ def _udhcpc(bed: NetbootBed, client_ns: str, tmp_path: Path, requested: str | No
     return out.read_text().split("ip=")[1].split()[0]
 
 
-def test_lease_survives_a_brambled_restart_and_syslog_is_attributed(
+def test_reserved_lease_survives_a_brambled_restart_and_syslog_is_attributed(
     bed: NetbootBed, files: Path, tmp_path: Path
 ) -> None:
     mac = "52:54:00:99:00:42"
     client = bed.add_client_ns(mac)
     state = tmp_path / "state"
     daemon = start_boot_daemon(bed, state, files_dir=files, inventory_dir=tmp_path / "inventory")
-    _ok(daemon.cli("machine", "add", "kiosk1", "--mac", mac))
-    first = _udhcpc(bed, client, tmp_path)
-    assert first.startswith("10.99.0.1"), first
+    _ok(daemon.cli("machine", "add", "kiosk1", "--mac", mac, "--ip", "10.99.0.150"))
+    # the inventory's fixed address becomes a DHCP reservation within a couple of seconds
+    first = wait_for(lambda: (ip := _udhcpc(bed, client, tmp_path)) == "10.99.0.150" and ip, 20, "the reserved IP")
 
     sent = bed.run(
         "logger", "--server", SERVER_IP, "--port", "514", "--udp", "--rfc5424", "-t", "kiosk", "hello", ns=client
@@ -239,8 +239,13 @@ def test_lease_survives_a_brambled_restart_and_syslog_is_attributed(
     daemon = start_boot_daemon(bed, state, files_dir=files, inventory_dir=tmp_path / "inventory")
     again = _udhcpc(bed, client, tmp_path, requested=first)
     assert again == first
-    acks = [e for e in _events(daemon, "machine/kiosk1") if e["action"] == "boot.dhcp" and "acked" in str(e["message"])]
-    assert len(acks) >= 2  # one before the restart, one after
+
+    def acks() -> list[dict[str, object]] | None:
+        rows = [e for e in _events(daemon, "machine/kiosk1") if e["action"] == "boot.dhcp"]
+        acked = [e for e in rows if "acked" in str(e["message"])]
+        return acked if len(acked) >= 2 else None  # one before the restart, one after
+
+    wait_for(acks, deadline=15, what="DHCP ACK events from before and after the restart")
 
 
 def test_bios_classic_pxe_chainloads_undionly_then_the_script(bed: NetbootBed, files: Path, tmp_path: Path) -> None:

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import dataclasses
 import logging
-import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, Protocol
 
-from bramble.boot.dhcp import DhcpConfig, DhcpEvent, DhcpServer, ProxyDhcpServer
+from bramble.boot.dhcp import DhcpEvent, DhcpServer, ProxyDhcpServer, build_server, default_policy, interface_address
 from bramble.boot.http import BootHttpServer, HttpBootEvent
 from bramble.boot.ipxe import BootUrls, render_script
-from bramble.boot.leases import LeaseStore
+from bramble.boot.leases import Reservation
 from bramble.boot.pxe import BootAnswer, PxeClient, PxePolicy
 from bramble.boot.records import Machine, Profile
 from bramble.boot.schedule import WakeSchedule, due
@@ -37,12 +35,12 @@ from bramble.proto.syslog import SyslogMessage
 
 log = logging.getLogger(__name__)
 
-_SIOCGIFADDR = 0x8915
-_SIOCGIFNETMASK = 0x891B
 # A firmware client that was handed an iPXE loader comes back as iPXE within seconds; within this
 # window a machine set to always chainload Bramble's own iPXE gets its script instead of the loader again.
 _CHAINLOAD_WINDOW_SECONDS = 120.0
 _SCHEDULE_TICK_SECONDS = 20.0
+# Hand edits of a machine's ip reach the DHCP server within this long (the inventory reloads each second).
+_RESERVATION_SYNC_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -75,16 +73,9 @@ class MachineInventory(Protocol):
     def wake_times(self, machine: Machine) -> tuple[WakeSchedule, ...]: ...
 
 
-def interface_address(name: str) -> IPv4Interface:
-    """The first IPv4 address and netmask of ``name`` (SIOCGIFADDR), or ValueError naming the interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        packed = struct.pack("256s", name.encode()[:15])
-        try:
-            addr = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, packed)[20:24]
-            mask = fcntl.ioctl(sock.fileno(), _SIOCGIFNETMASK, packed)[20:24]
-        except OSError as exc:
-            raise ValueError(f"boot interface {name}: no IPv4 address ({exc.strerror})") from None
-    return IPv4Interface(f"{socket.inet_ntoa(addr)}/{socket.inet_ntoa(mask)}")
+def _fields(record: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict (works for slots dataclasses, which have no ``__dict__``)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
 @dataclass
@@ -156,6 +147,7 @@ class BootRole:
             await self.close()
             raise
         self._spawn(self._schedule_loop())
+        self._spawn(self._reservation_loop())
         log.info(
             "boot role up: %s; files %s; inventory %s",
             ", ".join(f"{link.settings.name} ({link.settings.mode}, {link.address})" for link in self._links)
@@ -185,48 +177,47 @@ class BootRole:
         detected = interface_address(iface.name)
         server_ip = IPv4Address(iface.server_ip) if iface.server_ip else detected.ip
         address = IPv4Interface(f"{server_ip}/{detected.network.prefixlen}")
-        policy = PxePolicy(tftp_server=server_ip, http_base=f"http://{server_ip}:{self.settings.boot.http_port}")
-        dhcp: DhcpServer | ProxyDhcpServer
-        if iface.mode == "proxy":
-            dhcp = ProxyDhcpServer(
-                server_ip=server_ip,
-                interface=iface.name,
-                choose=self._boot_answer_for(policy, iface),
-                port=self.settings.boot.dhcp_port,
-                on_event=self._dhcp_event_handler(iface.name),
-            )
-        else:
-            subnet = IPv4Network(iface.subnet) if iface.subnet else detected.network
-            if not iface.range_start or not iface.range_end:
-                raise ValueError(f"boot interface {iface.name}: authoritative mode needs range_start and range_end")
-            config = DhcpConfig(
-                server_ip=server_ip,
-                subnet=subnet,
-                range_start=IPv4Address(iface.range_start),
-                range_end=IPv4Address(iface.range_end),
-                router=IPv4Address(iface.router) if iface.router else None,
-                dns=tuple(IPv4Address(d) for d in iface.dns),
-                domain=iface.domain,
-                lease_seconds=iface.lease_seconds,
-                quarantine_seconds=self.settings.boot.quarantine_seconds,
-                boot_file_for=self._boot_answer_for(policy, iface),
-            )
-            store = LeaseStore(lease_dir / f"leases-{iface.name}.json", config.pool())
-            for lease in store.leases():
+        policy = default_policy(server_ip, self.settings.boot.http_port)
+        dhcp = build_server(
+            iface,
+            choose=self._boot_answer_for(policy, iface),
+            lease_path=lease_dir / f"leases-{iface.name}.json",
+            quarantine_seconds=self.settings.boot.quarantine_seconds,
+            port=self.settings.boot.dhcp_port,
+            on_event=self._dhcp_event_handler(iface.name),
+        )
+        if isinstance(dhcp, DhcpServer):
+            for lease in dhcp.store.leases():
                 self._ip_to_mac[str(lease.ip)] = lease.mac
-            dhcp = DhcpServer(
-                config,
-                store,
-                interface=iface.name,
-                port=self.settings.boot.dhcp_port,
-                on_event=self._dhcp_event_handler(iface.name),
-            )
         ra = None
         if iface.router_advertisements:
             from bramble.boot.ra import RouterAdvertiser
 
             ra = RouterAdvertiser(iface.name)
         return _Link(iface, address, policy, dhcp, ra)
+
+    def _sync_reservations(self) -> None:
+        """Machines with a fixed ``ip`` in the inventory get it from the authoritative server on their link."""
+        machines = [m for m in self.inventory.machines() if m.ip]
+        for link in self._links:
+            if not isinstance(link.dhcp, DhcpServer):
+                continue
+            wanted = {
+                m.mac: Reservation(IPv4Address(m.ip), m.hostname)
+                for m in machines
+                if m.ip and IPv4Address(m.ip) in link.dhcp.config.subnet
+            }
+            if wanted != dict(link.dhcp.config.reservations):
+                link.dhcp.set_reservations(wanted)
+                log.info("dhcp %s: %d reservations from the inventory", link.settings.name, len(wanted))
+
+    async def _reservation_loop(self) -> None:
+        while True:
+            try:
+                self._sync_reservations()
+            except Exception:
+                log.exception("could not apply inventory reservations")
+            await asyncio.sleep(_RESERVATION_SYNC_SECONDS)
 
     # ------------------------------------------------------------------ PXE answers
     def _boot_answer_for(
@@ -369,7 +360,7 @@ class BootRole:
         def on_event(event: DhcpEvent) -> None:
             if event.yiaddr and event.outcome == "acked":
                 self._ip_to_mac[event.yiaddr] = event.mac
-            details = {k: v for k, v in vars(event).items() if v not in (None, "", ())}
+            details = {k: v for k, v in _fields(event).items() if v not in (None, "", ())}
             details["interface"] = interface
             if "client" in details:
                 details["client"] = f"{event.client[0]}:{event.client[1]}"
@@ -387,7 +378,7 @@ class BootRole:
         return on_event
 
     def _on_tftp(self, event: TftpEvent) -> None:
-        details = {k: v for k, v in vars(event).items() if v not in (None, "", ())}
+        details = {k: v for k, v in _fields(event).items() if v not in (None, "", ())}
         client = details.get("client")
         ip = client[0] if isinstance(client, tuple) else None
         if isinstance(client, tuple):
@@ -413,13 +404,13 @@ class BootRole:
     def _on_http(self, event: HttpBootEvent) -> None:
         target = self._target(mac=event.mac) if event.mac else self._target(ip=event.client)
         text = f"{event.method} {event.path} -> {event.status}, {event.bytes_sent} bytes"
-        details = {k: v for k, v in vars(event).items() if v not in (None, "")}
+        details = {k: v for k, v in _fields(event).items() if v not in (None, "")}
         self._emit("boot.http", target, text, "ok" if event.status < 400 else "failed", details=details)
 
     def _on_syslog(self, message: SyslogMessage, source: str) -> None:
         ip = source
         text = getattr(message, "message", "") or ""
-        details = {k: v for k, v in vars(message).items() if v not in (None, "", ()) and not isinstance(v, bytes)}
+        details = {k: v for k, v in _fields(message).items() if v not in (None, "", ()) and not isinstance(v, bytes)}
         details["source"] = source
         for key, value in list(details.items()):
             if isinstance(value, datetime):
