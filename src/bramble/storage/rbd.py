@@ -679,10 +679,11 @@ class RbdStorageDriver(StorageDriver):
 
     # ------------------------------------------------------------------ disks
     def _image_name_from(self, image: StoredImage) -> str:
-        expected = self.reference(self.image_name(image.image_id))
-        if image.path != expected:
-            raise StorageError(f"image {image.image_id} is not stored in this RBD pool ({image.path})")
-        return self.image_name(image.image_id)
+        """The RBD name of a stored image, if it lives in our pool (its user and conf may have changed)."""
+        name = self.image_name(image.image_id)
+        if not image.path.startswith(f"rbd:{_escape(self.pool)}/{_escape(name)}:"):
+            raise StorageError(f"image {image.image_id} is not stored in RBD pool {self.pool!r} ({image.path})")
+        return name
 
     async def clone_disk(self, disk_id: str, image: StoredImage, size_bytes: int) -> StoredDisk:
         if image.format == "iso":

@@ -311,6 +311,19 @@ def test_bad_settings_are_refused_at_construction(tmp_path: Path) -> None:
         RbdStorageDriver(conf=conf, pool="p", work_dir=tmp_path, op_timeout=0)
 
 
+async def test_clone_of_an_image_from_elsewhere_is_refused(driver: RbdStorageDriver, admin: Admin, token: str) -> None:
+    from dataclasses import replace
+
+    image = await import_image(driver, f"{token}-img", sparse_raw(MiB, {0: b"x"}))
+    for path in ("/var/lib/bramble/images/x/disk", f"rbd:otherpool/img-{token}-img:id=bramble"):
+        with pytest.raises(StorageError, match=f"not stored in RBD pool {driver.pool!r}"):
+            await driver.clone_disk(f"{token}-vm", replace(image, path=path), 0)
+    # the same image seen through another user or conf (settings changed) is still ours
+    moved = replace(image, path=rbd_reference(driver.pool, f"img-{token}-img", user="other", conf="/etc/ceph/x.conf"))
+    await driver.clone_disk(f"{token}-vm", moved, 0)
+    assert admin.images(token) == [f"disk-{token}-vm", f"img-{token}-img"]
+
+
 # ---------------------------------------------------------------------- dependencies
 async def test_image_with_clones_cannot_be_deleted(driver: RbdStorageDriver, admin: Admin, token: str) -> None:
     data = sparse_raw(8 * MiB, {0: os.urandom(2 * MiB)})
