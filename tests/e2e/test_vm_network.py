@@ -137,6 +137,34 @@ def console_of(daemon: NsDaemon, vm_id: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def dhcp_answers(d: NsDaemon, bridge: str, macs_to_try: list[str]) -> dict[str, str]:
+    """Run busybox udhcpc in a child namespace on a veth in ``bridge``, once per MAC; what each got.
+
+    The port is not named "bt-": the anti-spoofing table would drop an unknown tap's frames first.
+    """
+    child = f"bvc{secrets.token_hex(4)}"
+    port = f"bs{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", child], check=True, timeout=15)
+    results: dict[str, str] = {}
+    try:
+        assert d.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", child).returncode == 0
+        assert d.run("ip", "link", "set", port, "master", bridge, "up").returncode == 0
+        for mac in macs_to_try:
+            subprocess.run(["ip", "-n", child, "link", "set", "eth0", "down"], check=True, timeout=15)
+            subprocess.run(["ip", "-n", child, "link", "set", "eth0", "address", mac], check=True, timeout=15)
+            subprocess.run(["ip", "-n", child, "link", "set", "eth0", "up"], check=True, timeout=15)
+            client = subprocess.run(
+                ["ip", "netns", "exec", child, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "4", "-T", "1",
+                 "-s", "/bin/true"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            results[mac] = client.stdout + client.stderr
+    finally:
+        d.run("ip", "link", "del", port)
+        subprocess.run(["ip", "netns", "del", child], capture_output=True, check=False, timeout=30)
+    return results
+
+
 def test_guest_gets_its_ipam_address_by_dhcp_and_pings_the_gateway(
     ns_daemon: NsDaemon, guests: dict[str, Path]
 ) -> None:
@@ -155,8 +183,8 @@ def test_guest_gets_its_ipam_address_by_dhcp_and_pings_the_gateway(
         "--cmdline",
         "quiet panic=-1 bramble.net=dhcp",
     )
-    net = json.loads(d.ok("net", "create", "lan", "--cidr", "10.77.0.0/24", "--dns", "10.77.0.1", "--json"))
-    assert net["gateway"] == "10.77.0.1"
+    net = json.loads(d.ok("net", "create", "lan", "--cidr", "10.77.0.0/24", "--dns", "10.77.0.1", "--nat", "--json"))
+    assert net["gateway"] == "10.77.0.1" and net["nat"] is True
 
     # Take the first address with a fixed-address VM that is never started, so the guest's
     # address is an IPAM decision (.3), not just the first host.
@@ -211,6 +239,14 @@ def test_guest_gets_its_ipam_address_by_dhcp_and_pings_the_gateway(
     shown = d.ok("vm", "show", "g1")
     assert nic["mac"] in shown and nic["address"] in shown
     assert f"%{net['bridge']}:67" in d.dhcp_listeners()
+    nat = d.run("nft", "list", "table", "ip", "bramble_nat").stdout
+    assert "10.77.0.0/24" in nat and "masquerade" in nat, nat
+    # Exactly IPAM's leases: the guest's MAC (borrowed by a real client on the bridge) gets the
+    # guest's address; a MAC IPAM never chose gets nothing, however long it asks.
+    stranger = "02:00:00:00:77:01"
+    answers = dhcp_answers(d, net["bridge"], [nic["mac"], stranger])
+    assert f"lease of {nic['address']} obtained" in answers[nic["mac"]], answers
+    assert "no lease" in answers[stranger] and "obtained" not in answers[stranger], answers
 
     # kill -9 and start again: the running guest is adopted and its network's DHCP server
     # comes back (the agent re-plugs what should run; taps and bridge survived in the kernel).
