@@ -65,7 +65,8 @@ def vm_spec(row: VmRow, image: ImageRow | None, nics: Sequence[NicAttachment] = 
     """The driver's view of a VM, derived from its row and image every time (never stored)."""
     disks: list[DiskAttachment] = []
     if row.disk_path:
-        disks.append(DiskAttachment(path=row.disk_path, format="qcow2"))
+        # Local disks are qcow2 overlays; RBD clones (``rbd:pool/image...``) are raw images.
+        disks.append(DiskAttachment(path=row.disk_path, format="raw" if row.disk_path.startswith("rbd:") else "qcow2"))
     if image is not None and image.format == "iso" and image.path:
         disks.append(DiskAttachment(path=image.path, format="raw", media="cdrom", readonly=True))
     return VmSpec(
