@@ -103,6 +103,13 @@ async def srv(boot_root: Path, tmp_path: Path) -> AsyncIterator[Running]:
 
 
 @pytest.fixture
+async def patient_srv(boot_root: Path, tmp_path: Path) -> AsyncIterator[Running]:
+    """A long retransmission timeout, for tests that check that nothing else is sent."""
+    async for running in _serve(boot_root, tmp_path / "out", initial_timeout=5, retries=1):
+        yield running
+
+
+@pytest.fixture
 async def fast_srv(boot_root: Path, tmp_path: Path) -> AsyncIterator[Running]:
     """Short timeouts for tests that exercise retransmission and give-up paths."""
     async for running in _serve(boot_root, tmp_path / "out", initial_timeout=0.1, retries=2):
@@ -400,11 +407,11 @@ async def test_atftp_window_wraps_block_numbers(srv: Running, boot_root: Path, g
     assert (event.outcome, event.bytes_sent, event.blksize, event.windowsize) == ("sent", BIG, 512, 16)
 
 
-async def test_duplicate_ack_in_lock_step_is_not_answered(srv: Running) -> None:
+async def test_duplicate_ack_in_lock_step_is_not_answered(patient_srv: Running) -> None:
     """Sorcerer's Apprentice (RFC 1123 4.2.3.1): a repeated ACK must not double the DATA stream."""
 
     def run() -> list[int]:
-        with Client(srv.server.port) as client:
+        with Client(patient_srv.server.port) as client:
             client.send(ReadRequest("sub/tiny.txt"))
             first, tid = client.recv()
             assert first == Data(1, b"x" * 512)
@@ -426,12 +433,12 @@ async def test_duplicate_ack_in_lock_step_is_not_answered(srv: Running) -> None:
             return blocks
 
     assert await anyio.to_thread.run_sync(run) == [2, 3]
-    assert (await srv.event()).outcome == "aborted"
+    assert (await patient_srv.event()).outcome == "aborted"
 
 
-async def test_duplicate_ack_in_a_window_resends_it_once(srv: Running) -> None:
+async def test_duplicate_ack_in_a_window_resends_it_once(patient_srv: Running) -> None:
     def run() -> list[int]:
-        with Client(srv.server.port) as client:
+        with Client(patient_srv.server.port) as client:
             client.send(ReadRequest("sub/tiny.txt", "octet", {"windowsize": "4"}))
             _, tid = client.recv()
             client.send(Ack(0), tid)
