@@ -71,6 +71,8 @@ class Agent:
         self.reconcile_interval = reconcile_interval
         self.heartbeat_interval = heartbeat_interval
         self.networks = networks
+        if networks is not None:
+            networks.security_source = lambda: control.security_state(node)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._kick = asyncio.Event()
@@ -283,6 +285,10 @@ class Agent:
                 await self.networks.unplug(vm_id)
         self._locks.pop(vm_id, None)
         self._restart_failures.pop(vm_id, None)
+
+    async def refresh_security(self) -> None:
+        if self.networks is not None:
+            await self.networks.refresh()
 
     async def read_console(self, vm_id: str, offset: int | None, tail: int) -> ConsoleData:
         path = Path(self.compute.console_path(vm_id))

@@ -3,9 +3,11 @@ node service is passed in directly; with several nodes this is an HTTP client.""
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
 from typing import Protocol
 
 from bramble.compute.driver import DesiredVm, HostFacts, VmRuntime
+from bramble.network.secgroups import SecurityGroup
 
 
 class ControlPlane(Protocol):
@@ -22,3 +24,6 @@ class ControlPlane(Protocol):
     async def report_vm_state(self, node: str, runtime: VmRuntime, *, actor: str | None = None) -> None: ...
 
     async def record_event(self, node: str, action: str, target: str, message: str, outcome: str = "ok") -> None: ...
+
+    async def security_state(self, node: str) -> tuple[dict[str, SecurityGroup], dict[str, set[IPv4Address]]]:
+        """Every security group with its rules, and each group's member addresses cloud-wide."""

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from ipaddress import IPv4Address, IPv4Network
 
 from bramble.boot.dhcp import DhcpConfig, DhcpServer
 from bramble.boot.leases import LeaseStore, Reservation
 from bramble.compute.driver import NicAttachment, VmSpec
 from bramble.network.driver import NetworkDriver, NetworkSpec, NicSpec, Rule, SecurityPolicy
+from bramble.network.secgroups import NicMembership, SecurityGroup, compile_policies
 
 log = logging.getLogger(__name__)
 
 ALLOW_ALL = (Rule(),)
+
+SecuritySource = Callable[[], Awaitable[tuple[Mapping[str, SecurityGroup], Mapping[str, Collection[IPv4Address]]]]]
 
 
 class DhcpHandle:
@@ -78,6 +81,8 @@ class NodeNetworks:
         self._plugged: dict[str, tuple[NicAttachment, ...]] = {}  # vm id -> its NICs
         self._dhcp: dict[str, DhcpHandle] = {}  # network id -> server
         self._lock = asyncio.Lock()
+        # Where the groups' rules and members come from (the control plane); the agent sets it.
+        self.security_source: SecuritySource | None = None
 
     def nics(self) -> list[NicAttachment]:
         return [nic for nics in self._plugged.values() for nic in nics]
@@ -158,9 +163,38 @@ class NodeNetworks:
     def _taps(self) -> set[str]:
         return set(self.driver.observe().taps)
 
+    async def refresh(self) -> None:
+        """Rules or group members changed: swap the whole firewall (taps and bridges untouched)."""
+        async with self._lock:
+            if self._plugged:
+                await self._apply_firewall()
+
     async def _apply_firewall(self) -> None:
-        policies = [permissive_policy(nic) for nic in self.nics()]
-        await asyncio.to_thread(self.driver.apply_security, policies, {})
+        """Policies of every plugged NIC: its groups' rules, or allow-all for a NIC without groups."""
+        policies: list[SecurityPolicy] = []
+        memberships: list[NicMembership] = []
+        for vm_id, nics in self._plugged.items():
+            for nic in nics:
+                if not nic.security_groups:
+                    policies.append(permissive_policy(nic))
+                    continue
+                spec = NicSpec(
+                    vm_id=vm_id,
+                    nic_id=nic.nic_id,
+                    mac=nic.mac,
+                    ip=IPv4Address(nic.address),
+                    bridge=nic.bridge,
+                    tap=nic.tap,
+                )
+                memberships.append(NicMembership(nic=spec, groups=nic.security_groups))
+        sets: dict[str, frozenset[IPv4Address]] = {}
+        if memberships:
+            if self.security_source is None:
+                raise RuntimeError("NICs have security groups but this node has no source for their rules")
+            groups, members = await self.security_source()
+            compiled, sets = compile_policies(memberships, groups, members)
+            policies += compiled
+        await asyncio.to_thread(self.driver.apply_security, policies, sets)
 
     async def _sync_dhcp(self) -> None:
         if not self.serve_dhcp:

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from bramble.api import schemas
-from bramble.db.models import EventRow, FlavorRow, ImageRow, NetworkRow, NicRow, NodeRow, OperationRow, VmRow
+from bramble.db.models import (
+    EventRow,
+    FlavorRow,
+    ImageRow,
+    NetworkRow,
+    NicRow,
+    NodeRow,
+    OperationRow,
+    SecurityGroupRow,
+    VmRow,
+)
 from bramble.network.driver import bridge_name, tap_name
 
 VNC_BASE_PORT = 5900
@@ -35,6 +45,7 @@ def vm(
     image_row: ImageRow | None = None,
     flavor_row: FlavorRow | None = None,
     nics: list[tuple[NicRow, NetworkRow]] | None = None,
+    groups: dict[str, list[tuple[str, str]]] | None = None,
 ) -> schemas.Vm:
     vnc = None
     if row.vnc_display is not None and row.state in ("running", "paused"):
@@ -59,7 +70,13 @@ def vm(
         created_at=row.created_at,
         updated_at=row.updated_at,
         nics=[
-            schemas.VmNic(network=network.name, mac=nic.mac, address=nic.address, tap=tap_name(nic.id))
+            schemas.VmNic(
+                network=network.name,
+                mac=nic.mac,
+                address=nic.address,
+                tap=tap_name(nic.id),
+                security_groups=[name for _, name in (groups or {}).get(nic.id, [])],
+            )
             for nic, network in nics or []
         ],
     )
@@ -127,4 +144,17 @@ def node(row: NodeRow, vms: int, up: bool) -> schemas.Node:
         state="up" if up else "down",
         last_heartbeat=row.last_heartbeat,
         vms=vms,
+    )
+
+
+def security_group(
+    row: SecurityGroupRow, rules: list[dict[str, object]] | None = None, vms: list[str] | None = None
+) -> schemas.SecurityGroup:
+    return schemas.SecurityGroup(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        rules=[schemas.SecurityRule.model_validate(r) for r in rules or []],
+        vms=vms or [],
+        created_at=row.created_at,
     )

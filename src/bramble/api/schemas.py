@@ -82,6 +82,7 @@ class VmNic(BaseModel):
     mac: str
     address: str
     tap: str
+    security_groups: list[str] = []
 
 
 class VmCreate(Strict):
@@ -94,6 +95,9 @@ class VmCreate(Strict):
     arch: str | None = Field(default=None, description="defaults to the image's architecture")
     start: bool = True
     nics: list[VmNicRequest] = Field(default=[], max_length=8, description="one NIC per entry, in guest order")
+    security_groups: list[str] = Field(
+        default=[], max_length=8, description="groups of every NIC (names or ids); default: the `default` group"
+    )
 
 
 class VmAction(Strict):
@@ -329,4 +333,38 @@ class Network(BaseModel):
     bridge: str
     nics: int = 0
     ports: list[NetworkPort] = []
+    created_at: datetime
+
+
+# ---------------------------------------------------------------- security groups
+class SecurityGroupCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_HELP)
+    description: str = Field(default="", max_length=255)
+
+
+class SecurityRuleCreate(Strict):
+    direction: Literal["ingress", "egress"]
+    protocol: Literal["any", "tcp", "udp", "icmp"] = "any"
+    port_min: int | None = Field(default=None, ge=1, le=65535)
+    port_max: int | None = Field(default=None, ge=1, le=65535)
+    cidr: str | None = Field(default=None, max_length=18, description="remote IPv4 network")
+    remote_group: str | None = Field(default=None, max_length=63, description="remote group name or id")
+
+
+class SecurityRule(BaseModel):
+    id: str
+    direction: str
+    protocol: str
+    port_min: int | None = None
+    port_max: int | None = None
+    cidr: str | None = None
+    remote_group: str | None = None
+
+
+class SecurityGroup(BaseModel):
+    id: str
+    name: str
+    description: str = ""
+    rules: list[SecurityRule] = []
+    vms: list[str] = []
     created_at: datetime

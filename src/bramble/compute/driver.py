@@ -49,6 +49,7 @@ class NicAttachment:
     nat: bool = False
     uplink: str | None = None
     vlan: int | None = None
+    security_groups: tuple[str, ...] = ()  # group ids; none: an allow-all policy (NICs older than groups)
 
 
 @dataclass(frozen=True)

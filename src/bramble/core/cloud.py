@@ -12,6 +12,7 @@ from bramble.core.images import ImageService
 from bramble.core.machines import MachineService, ProfileService
 from bramble.core.networks import NetworkService
 from bramble.core.nodes import NodeService
+from bramble.core.secgroups import SecurityGroupService
 from bramble.core.tokens import TokenService
 from bramble.core.vms import VmService
 from bramble.db.models import EventRow, OperationRow
@@ -24,6 +25,7 @@ class Cloud:
         self.flavors = FlavorService(deps)
         self.vms = VmService(deps)
         self.networks: NetworkService = self.vms.networks
+        self.secgroups: SecurityGroupService = self.vms.secgroups
         self.nodes = NodeService(deps)
         self.machines = MachineService(deps)
         self.profiles = ProfileService(deps)

@@ -33,6 +33,9 @@ class NodeGateway(Protocol):
 
     async def read_console(self, vm_id: str, offset: int | None, tail: int) -> ConsoleData: ...
 
+    async def refresh_security(self) -> None:
+        """Re-apply this node's firewall from the control plane's current groups and members."""
+
 
 class NodeDirectory(Protocol):
     def gateway(self, node: str) -> NodeGateway:

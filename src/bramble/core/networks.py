@@ -25,7 +25,7 @@ from bramble.core.context import RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NoCapacity
 from bramble.core.operations import OperationHandle
-from bramble.db.models import IpReleaseRow, NetworkRow, NicRow, VmRow, utcnow
+from bramble.db.models import IpReleaseRow, NetworkRow, NicRow, NicSecurityGroupRow, VmRow, utcnow
 from bramble.ipam import (
     AddressError,
     AddressInQuarantine,
@@ -88,7 +88,7 @@ def subnet_of(row: NetworkRow) -> Subnet:
     return Subnet(cidr=IPv4Network(row.cidr), gateway=IPv4Address(row.gateway))
 
 
-def attachment(nic: NicRow, network: NetworkRow) -> NicAttachment:
+def attachment(nic: NicRow, network: NetworkRow, groups: Sequence[str] = ()) -> NicAttachment:
     """What a node needs to plug one NIC: names derived from ids, never stored."""
     return NicAttachment(
         nic_id=nic.id,
@@ -103,7 +103,29 @@ def attachment(nic: NicRow, network: NetworkRow) -> NicAttachment:
         nat=network.nat,
         uplink=network.uplink,
         vlan=network.vlan,
+        security_groups=tuple(sorted(groups)),
     )
+
+
+async def attachments_by_vm(session: AsyncSession, vm_ids: Sequence[str]) -> dict[str, list[NicAttachment]]:
+    """What nodes need of each VM's NICs, security group ids included, in guest order."""
+    pairs = await nics_by_vm(session, vm_ids)
+    nic_ids = [nic.id for items in pairs.values() for nic, _ in items]
+    groups: dict[str, list[str]] = {}
+    if nic_ids:
+        rows = (
+            await session.execute(
+                select(NicSecurityGroupRow.nic_id, NicSecurityGroupRow.group_id).where(
+                    NicSecurityGroupRow.nic_id.in_(nic_ids)
+                )
+            )
+        ).all()
+        for nic_id, group_id in rows:
+            groups.setdefault(nic_id, []).append(group_id)
+    return {
+        vm_id: [attachment(nic, network, groups.get(nic.id, ())) for nic, network in items]
+        for vm_id, items in pairs.items()
+    }
 
 
 async def nics_by_vm(

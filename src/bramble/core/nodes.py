@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from ipaddress import IPv4Address
 
 from sqlalchemy import func, select
 
 from bramble.audit import store as audit
 from bramble.compute.driver import DesiredVm, HostFacts, PowerState, VmRuntime
 from bramble.core.deps import CoreDeps
-from bramble.core.networks import attachment, nics_by_vm
+from bramble.core.networks import attachments_by_vm
+from bramble.core.secgroups import SecurityGroupService
 from bramble.core.vms import state_name, vm_spec
 from bramble.db.models import ImageRow, NodeRow, VmRow, utcnow
+from bramble.network.secgroups import SecurityGroup
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +80,10 @@ class NodeService:
                     .where(VmRow.node == node, VmRow.state.not_in(TRANSITIONAL))
                 )
             ).all()
-            nics = await nics_by_vm(session, [vm.id for vm, _ in rows])
+            nics = await attachments_by_vm(session, [vm.id for vm, _ in rows])
         return [
             DesiredVm(
-                spec=vm_spec(vm, image, [attachment(n, net) for n, net in nics.get(vm.id, [])]),
+                spec=vm_spec(vm, image, nics.get(vm.id, [])),
                 desired_state=vm.desired_state,
                 disk_id=vm.id,
             )
@@ -98,13 +101,13 @@ class NodeService:
                     .where(VmRow.id == vm_id, VmRow.node == node)
                 )
             ).first()
-            nics = await nics_by_vm(session, [vm_id])
+            nics = await attachments_by_vm(session, [vm_id])
         if row is None:
             return None
         vm, image = row
         if vm.state in TRANSITIONAL or self.deps.runner.is_busy(f"vm/{vm.name}"):
             return None
-        spec = vm_spec(vm, image, [attachment(n, net) for n, net in nics.get(vm.id, [])])
+        spec = vm_spec(vm, image, nics.get(vm.id, []))
         return DesiredVm(spec=spec, desired_state=vm.desired_state, disk_id=vm.id)
 
     async def known_vm_ids(self, node: str) -> set[str]:
@@ -161,6 +164,10 @@ class NodeService:
                 before=before,
                 after={"state": vm.state, "desired_state": vm.desired_state, "pid": vm.pid},
             )
+
+    async def security_state(self, node: str) -> tuple[dict[str, SecurityGroup], dict[str, set[IPv4Address]]]:
+        """Every group's rules and members cloud-wide: remote groups count VMs on other nodes too."""
+        return await SecurityGroupService(self.deps).state()
 
     async def record_event(self, node: str, action: str, target: str, message: str, outcome: str = "ok") -> None:
         """Let the agent log what it did on its own (reaping an orphan, a failed restart)."""

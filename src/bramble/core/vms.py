@@ -25,9 +25,21 @@ from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NoCapacity, NotFound
 from bramble.core.gateway import NodeGateway
 from bramble.core.images import stored_image
-from bramble.core.networks import NetworkService, NicRequest, attachment, nics_by_vm
+from bramble.core.networks import NetworkService, NicRequest, attachments_by_vm, nics_by_vm
 from bramble.core.operations import OperationHandle
-from bramble.db.models import FlavorRow, ImageRow, NetworkRow, NicRow, NodeRow, OperationRow, VmRow, utcnow
+from bramble.core.secgroups import SecurityGroupService
+from bramble.db.models import (
+    FlavorRow,
+    ImageRow,
+    NetworkRow,
+    NicRow,
+    NicSecurityGroupRow,
+    NodeRow,
+    OperationRow,
+    SecurityGroupRow,
+    VmRow,
+    utcnow,
+)
 from bramble.scheduler.placement import NodeCapacity, NoPlacement, PlacementRequest, place
 
 GIB = 1024**3
@@ -45,6 +57,7 @@ class VmRequest:
     arch: str | None = None
     start: bool = True
     nics: tuple[NicRequest, ...] = ()
+    security_groups: tuple[str, ...] = ()  # names or ids, for every NIC; none: the default group
 
 
 def vm_summary(row: VmRow) -> dict[str, Any]:
@@ -88,6 +101,7 @@ class VmService:
     def __init__(self, deps: CoreDeps) -> None:
         self.deps = deps
         self.networks = NetworkService(deps)
+        self.secgroups = SecurityGroupService(deps)
 
     # ------------------------------------------------------------------ reading
     async def list_all(self) -> list[tuple[VmRow, ImageRow | None, FlavorRow | None]]:
@@ -114,8 +128,9 @@ class VmService:
 
     async def spec(self, row: VmRow, image: ImageRow | None) -> VmSpec:
         """The driver's view of a VM with its NICs read fresh."""
-        pairs = (await self.nics([row.id])).get(row.id, [])
-        return vm_spec(row, image, [attachment(nic, network) for nic, network in pairs])
+        async with self.deps.db.read() as session:
+            nics = (await attachments_by_vm(session, [row.id])).get(row.id, [])
+        return vm_spec(row, image, nics)
 
     def _gateway(self, row: VmRow) -> NodeGateway:
         if row.node is None:
@@ -150,6 +165,8 @@ class VmService:
                 await self._apply_runtime(row.id, runtime, state="running")
             else:
                 await self._update(row.id, state="stopped", state_reason="created without starting")
+            if req.nics:
+                await self.secgroups.refresh_nodes()  # other nodes' remote-group sets gain its addresses
             current = await self._reload(row.id)
             op.after = vm_summary(current)
             return {"vm_id": row.id}
@@ -162,6 +179,9 @@ class VmService:
             image = await find_by_ref(session, ImageRow, req.image, "image")
             flavor = await find_by_ref(session, FlavorRow, req.flavor, "flavor") if req.flavor else None
             networks = await self.networks.resolve(session, req.nics)  # unknown: a 404 before anything
+            groups = [await find_by_ref(session, SecurityGroupRow, g, "security group") for g in req.security_groups]
+        if groups and not req.nics:
+            raise Invalid("security groups apply to NICs; give --net as well")
         if image.status != "active":
             raise Conflict(f"image {image.name!r} is {image.status}, not active")
         cpus = req.cpus or (flavor.cpus if flavor else None)
@@ -208,7 +228,11 @@ class VmService:
                 if req.nics:
                     # Addresses are decided under the same lock as the insert (see NetworkService.allocate).
                     await session.flush()
-                    await self.networks.allocate(session, row.id, req.nics, networks)
+                    nics = await self.networks.allocate(session, row.id, req.nics, networks)
+                    group_ids = [g.id for g in groups] or [(await self.secgroups.ensure_default(session)).id]
+                    session.add_all(
+                        [NicSecurityGroupRow(nic_id=n.id, group_id=g) for n in nics for g in dict.fromkeys(group_ids)]
+                    )
         except IntegrityError:
             raise Conflict(f"a VM named {req.name!r} already exists") from None
         return row, image
@@ -336,6 +360,8 @@ class VmService:
                 await self._update(vm.id, state="error", state_reason=f"delete failed: {exc}")
                 raise
             await self._delete_row(vm.id)
+            # Its addresses leave the remote-group sets of the VMs that stay, on every node.
+            await self.secgroups.refresh_nodes()
             return {"vm_id": vm.id}
 
         return work

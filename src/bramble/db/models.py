@@ -201,3 +201,32 @@ class IpReleaseRow(Base):
     network_id: Mapped[str] = mapped_column(ForeignKey("networks.id", ondelete="CASCADE"), primary_key=True)
     address: Mapped[str] = mapped_column(String(15), primary_key=True)
     freed_at: Mapped[datetime] = mapped_column()
+
+
+class SecurityGroupRow(Base):
+    """A named allow-list of rules; a NIC's firewall is the union of its groups' rules."""
+
+    __tablename__ = "security_groups"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SecurityGroupRuleRow(Base):
+    __tablename__ = "security_group_rules"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id", ondelete="CASCADE"), index=True)
+    direction: Mapped[str] = mapped_column(String(8))  # ingress | egress
+    protocol: Mapped[str] = mapped_column(String(8))  # any | tcp | udp | icmp
+    port_min: Mapped[int | None] = mapped_column(Integer)
+    port_max: Mapped[int | None] = mapped_column(Integer)
+    cidr: Mapped[str | None] = mapped_column(String(18))
+    remote_group_id: Mapped[str | None] = mapped_column(ForeignKey("security_groups.id", ondelete="RESTRICT"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NicSecurityGroupRow(Base):
+    __tablename__ = "nic_security_groups"
+    nic_id: Mapped[str] = mapped_column(ForeignKey("nics.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id", ondelete="RESTRICT"), primary_key=True)

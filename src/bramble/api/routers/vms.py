@@ -8,6 +8,7 @@ from bramble.api import convert, schemas
 from bramble.api.deps import CloudDep, ContextDep
 from bramble.core.networks import NicRequest
 from bramble.core.vms import VmRequest
+from bramble.db.models import FlavorRow, ImageRow, VmRow
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
@@ -18,24 +19,31 @@ CONSOLE_TAIL_DEFAULT = 16 * 1024
 async def list_vms(cloud: CloudDep, ctx: ContextDep) -> list[schemas.Vm]:
     rows = await cloud.vms.list_all()
     nics = await cloud.vms.nics()
-    return [convert.vm(vm, image, flavor, nics.get(vm.id)) for vm, image, flavor in rows]
+    groups = await cloud.secgroups.groups_of([nic.id for items in nics.values() for nic, _ in items])
+    return [convert.vm(vm, image, flavor, nics.get(vm.id), groups) for vm, image, flavor in rows]
+
+
+async def _with_nics(
+    cloud: CloudDep, vm: VmRow, image: ImageRow | None = None, flavor: FlavorRow | None = None
+) -> schemas.Vm:
+    nics = (await cloud.vms.nics([vm.id])).get(vm.id, [])
+    groups = await cloud.secgroups.groups_of([nic.id for nic, _ in nics])
+    return convert.vm(vm, image, flavor, nics, groups)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
 async def create_vm(body: schemas.VmCreate, cloud: CloudDep, ctx: ContextDep) -> schemas.Accepted:
     """Validate at once (4xx on bad input), then create and boot in the background."""
-    fields = body.model_dump(exclude={"nics"})
+    fields = body.model_dump(exclude={"nics", "security_groups"})
     nics = tuple(NicRequest(network=n.network, address=n.address) for n in body.nics)
-    row, op = await cloud.vms.create(ctx, VmRequest(**fields, nics=nics))
-    return schemas.Accepted(
-        operation=convert.operation(op), vm=convert.vm(row, nics=(await cloud.vms.nics([row.id])).get(row.id))
-    )
+    request = VmRequest(**fields, nics=nics, security_groups=tuple(body.security_groups))
+    row, op = await cloud.vms.create(ctx, request)
+    return schemas.Accepted(operation=convert.operation(op), vm=await _with_nics(cloud, row))
 
 
 @router.get("/{ref}", response_model=schemas.Vm)
 async def show_vm(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Vm:
-    vm, image, flavor = await cloud.vms.get(ref)
-    return convert.vm(vm, image, flavor, (await cloud.vms.nics([vm.id])).get(vm.id))
+    return await _with_nics(cloud, *(await cloud.vms.get(ref)))
 
 
 @router.post("/{ref}/actions/{action}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
