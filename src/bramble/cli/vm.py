@@ -67,7 +67,10 @@ def render(vm: Vm) -> None:
             ("disk", format_size(vm.disk_gib * GIB)),
             ("image", vm.image_name or vm.image_id),
             ("flavor", vm.flavor_name),
-            *((f"nic{i}", f"{n.network} {n.address} {n.mac} ({n.tap})") for i, n in enumerate(vm.nics)),
+            *(
+                (f"nic{i}", f"{n.network} {n.address} {n.mac} ({n.tap}) groups {', '.join(n.security_groups) or '-'}")
+                for i, n in enumerate(vm.nics)
+            ),
             ("created", vm.created_at),
             ("updated", vm.updated_at),
         ],
@@ -110,6 +113,10 @@ def create(
             "--net", help="A NIC on network NAME, optionally with a fixed IP; repeat for more.", metavar="NAME[:IP]"
         ),
     ] = None,
+    security_group: Annotated[
+        list[str] | None,
+        typer.Option("--security-group", "-g", help="Security group of its NICs (repeatable; default: default)."),
+    ] = None,
     no_wait: NoWait = False,
     json_out: JsonOut = False,
 ) -> None:
@@ -127,6 +134,7 @@ def create(
         arch=arch,
         start=not no_start,
         nics=[_nic(text) for text in net or []] or None,
+        security_groups=security_group or None,
     )
     client = client_from(ctx)
     _after(client, client.post("/v1/vms", request), name, no_wait=no_wait, json_out=json_out, brief=False)
