@@ -73,7 +73,7 @@ _GSO_MAX_SEGMENTS, _GSO_MAX_BYTES = 64, 65000  # kernel caps: UDP_MAX_SEGMENTS, 
 # Errors meaning "GSO is not possible here" (no offload, segment above the route MTU, old
 # kernel), as opposed to a transient loss like ENOBUFS.
 _GSO_UNSUPPORTED = {errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE}
-_put_u16 = struct.Struct("!H").pack_into
+_LOW_BYTES = bytes(range(256)) * (_IOV_MAX // 256 + 2)
 _gso_size = struct.Struct("=H").pack
 
 
@@ -180,6 +180,21 @@ class _NetasciiSource:
 _Source = _OctetSource | _NetasciiSource
 
 
+def _block_number_bytes(first: int, count: int) -> tuple[bytes, bytes]:
+    """High and low bytes of the 16-bit block numbers of `count` blocks from `first` (wrapping)."""
+    start = first & 0xFF
+    low = _LOW_BYTES[start : start + count]
+    if len(low) < count:  # a window wider than IOV_MAX blocks
+        low = (bytes(range(256)) * (count // 256 + 2))[start : start + count]
+    high = []
+    number, left = first, count
+    while left:
+        run = min(left, 256 - (number & 0xFF))  # the high byte changes every 256 blocks
+        high.append(bytes([(number >> 8) & 0xFF]) * run)
+        number, left = number + run, left - run
+    return b"".join(high), low
+
+
 class _Slabs:
     """The file as ready DATA packets, `per_slab` blocks at a time, in two alternating buffers.
 
@@ -247,8 +262,10 @@ class _Slabs:
             if self.last_block is None or end < self.last_block:
                 self.last_block, self.last_len = end, short
         view, size = self.views[which], self.packet_size
-        for i in range(present):
-            _put_u16(view, i * size + 2, (first + i + 1) & 0xFFFF)
+        # Block numbers for every packet of the slab in two strided writes (high bytes, low bytes)
+        # rather than one pack_into per block.
+        span = present * size
+        view[2:span:size], view[3:span:size] = _block_number_bytes(first + 1, present)
         packets = self._packets[which] = list(self._whole[which])
         if self.last_block is not None and 0 <= self.last_block - first - 1 < self.per_slab:
             index = self.last_block - first - 1
