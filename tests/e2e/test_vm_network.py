@@ -248,6 +248,23 @@ def test_guest_gets_its_ipam_address_by_dhcp_and_pings_the_gateway(
     assert f"lease of {nic['address']} obtained" in answers[nic["mac"]], answers
     assert "no lease" in answers[stranger] and "obtained" not in answers[stranger], answers
 
+    # Security groups, live: the default group admits only its members, so the host side of the
+    # bridge (10.77.0.1) cannot ping the guest; a rule makes it answer, removing it stops it again.
+    def host_pings_guest() -> bool:
+        done = d.run("busybox", "ping", "-c", "2", "-W", "2", nic["address"])
+        assert f"PING {nic['address']}" in done.stdout, (done.stdout, done.stderr)  # ping itself ran
+        return done.returncode == 0
+
+    assert not host_pings_guest()
+    group = json.loads(
+        d.ok("secgroup", "rule", "add", "default", "--direction", "ingress", "--protocol", "icmp",
+             "--cidr", "10.77.0.0/24", "--json")
+    )  # fmt: skip
+    assert host_pings_guest()
+    icmp = next(r["id"] for r in group["rules"] if r["protocol"] == "icmp")
+    d.ok("secgroup", "rule", "delete", "default", icmp)
+    assert not host_pings_guest()
+
     # kill -9 and start again: the running guest is adopted and its network's DHCP server
     # comes back (the agent re-plugs what should run; taps and bridge survived in the kernel).
     pid_before = json.loads(d.ok("vm", "show", "g1", "--json"))["pid"]
