@@ -175,6 +175,11 @@ class Agent:
 
     # ------------------------------------------------------------------ reconcile
     async def reconcile_once(self) -> None:
+        if self.networks is not None and self.networks.firewall_stale:
+            try:
+                await self.networks.refresh()
+            except Exception:  # the VMs still converge; the next pass tries the firewall again
+                log.exception("could not re-apply the firewall")
         for desired in await self.control.desired_vms(self.node):
             vm_id = desired.spec.vm_id
             async with self._lock(vm_id):

@@ -83,6 +83,8 @@ class NodeNetworks:
         self._lock = asyncio.Lock()
         # Where the groups' rules and members come from (the control plane); the agent sets it.
         self.security_source: SecuritySource | None = None
+        # A firewall swap failed (control plane unreachable, kernel refused): the reconcile loop retries.
+        self.firewall_stale = False
 
     def nics(self) -> list[NicAttachment]:
         return [nic for nics in self._plugged.values() for nic in nics]
@@ -116,10 +118,12 @@ class NodeNetworks:
                     ),
                 )
             previous = self._plugged.get(spec.vm_id)
+            was_stale = self.firewall_stale
             self._plugged[spec.vm_id] = spec.nics
             try:
                 await self._apply_firewall()
             except Exception:
+                self.firewall_stale = was_stale  # the old firewall, for the old set of NICs, still holds
                 # The firewall kept its old rules (one transaction); so must our idea of what is plugged,
                 # or every later plug would resend the refused policy.
                 if previous is None:
@@ -166,7 +170,7 @@ class NodeNetworks:
     async def refresh(self) -> None:
         """Rules or group members changed: swap the whole firewall (taps and bridges untouched)."""
         async with self._lock:
-            if self._plugged:
+            if self._plugged or self.firewall_stale:
                 await self._apply_firewall()
 
     async def _apply_firewall(self) -> None:
@@ -188,13 +192,18 @@ class NodeNetworks:
                 )
                 memberships.append(NicMembership(nic=spec, groups=nic.security_groups))
         sets: dict[str, frozenset[IPv4Address]] = {}
-        if memberships:
-            if self.security_source is None:
-                raise RuntimeError("NICs have security groups but this node has no source for their rules")
-            groups, members = await self.security_source()
-            compiled, sets = compile_policies(memberships, groups, members)
-            policies += compiled
-        await asyncio.to_thread(self.driver.apply_security, policies, sets)
+        try:
+            if memberships:
+                if self.security_source is None:
+                    raise RuntimeError("NICs have security groups but this node has no source for their rules")
+                groups, members = await self.security_source()
+                compiled, sets = compile_policies(memberships, groups, members)
+                policies += compiled
+            await asyncio.to_thread(self.driver.apply_security, policies, sets)
+        except Exception:
+            self.firewall_stale = True
+            raise
+        self.firewall_stale = False
 
     async def _sync_dhcp(self) -> None:
         if not self.serve_dhcp:

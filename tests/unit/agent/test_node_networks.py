@@ -10,6 +10,7 @@ from bramble.agent.network import NodeNetworks
 from bramble.compute.driver import NicAttachment, VmSpec
 from bramble.network.driver import NetworkError, bridge_name
 from bramble.network.fake import FakeNetworkDriver
+from bramble.network.secgroups import SecurityGroup
 
 pytestmark = pytest.mark.anyio
 
@@ -87,3 +88,30 @@ async def test_sweep_removes_only_taps_no_plugged_nic_owns() -> None:
     assert await networks.sweep_taps() == [nic(1).tap]
     assert set(driver.taps) == {nic(2).tap}
     assert await networks.sweep_taps() == []
+
+
+async def test_a_failed_refresh_marks_the_firewall_stale_until_one_succeeds() -> None:
+    driver = FakeNetworkDriver()
+    networks = NodeNetworks(driver, serve_dhcp=False)
+    grouped = dataclasses.replace(nic(1), security_groups=("web",))
+
+    async def unreachable() -> tuple[dict, dict]:
+        raise ConnectionError("control plane unreachable")
+
+    networks.security_source = unreachable
+    with pytest.raises(ConnectionError):
+        await networks.plug(vm("a", grouped))
+    assert networks.firewall_stale is False  # a refused plug is forgotten, so nothing is stale
+    await networks.plug(vm("b", nic(2)))
+    networks._plugged["a"] = (grouped,)  # as if the group was added after the plug
+    with pytest.raises(ConnectionError):
+        await networks.refresh()
+    assert networks.firewall_stale
+
+    async def reachable() -> tuple[dict, dict]:
+        return {"web": SecurityGroup(id="web", name="web", project="default")}, {}
+
+    networks.security_source = reachable
+    await networks.refresh()
+    assert networks.firewall_stale is False
+    assert driver.policies[grouped.tap].ingress == ()  # an empty group allows nothing in
