@@ -368,3 +368,20 @@ class SecurityGroup(BaseModel):
     rules: list[SecurityRule] = []
     vms: list[str] = []
     created_at: datetime
+
+
+# ---------------------------------------------------------------- keypairs
+class KeypairCreate(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_HELP)
+    public_key: str | None = Field(
+        default=None, max_length=16384, description="OpenSSH public key line to import; omitted: generate ed25519"
+    )
+
+
+class Keypair(BaseModel):
+    id: str
+    name: str
+    public_key: str
+    fingerprint: str
+    created_at: datetime
+    private_key: str | None = Field(default=None, description="only in the answer that generated the pair")

@@ -9,6 +9,7 @@ from bramble.core.deps import CoreDeps
 from bramble.core.errors import Invalid, NotFound
 from bramble.core.flavors import FlavorService
 from bramble.core.images import ImageService
+from bramble.core.keypairs import KeypairService
 from bramble.core.machines import MachineService, ProfileService
 from bramble.core.networks import NetworkService
 from bramble.core.nodes import NodeService
@@ -23,6 +24,7 @@ class Cloud:
         self.deps = deps
         self.images = ImageService(deps)
         self.flavors = FlavorService(deps)
+        self.keypairs = KeypairService(deps)
         self.vms = VmService(deps)
         self.networks: NetworkService = self.vms.networks
         self.secgroups: SecurityGroupService = self.vms.secgroups

@@ -100,6 +100,10 @@ class VmRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     vnc_display: Mapped[int | None] = mapped_column(Integer, unique=True)
     disk_path: Mapped[str | None] = mapped_column(Text)
+    # cloud-init: the key is copied at create time (deleting the keypair leaves the VM's key alone)
+    key_name: Mapped[str | None] = mapped_column(String(63))
+    ssh_public_key: Mapped[str | None] = mapped_column(Text)
+    user_data: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -230,3 +234,14 @@ class NicSecurityGroupRow(Base):
     __tablename__ = "nic_security_groups"
     nic_id: Mapped[str] = mapped_column(ForeignKey("nics.id", ondelete="CASCADE"), primary_key=True)
     group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id", ondelete="RESTRICT"), primary_key=True)
+
+
+class KeypairRow(Base):
+    """An SSH public key by name; the private key of a generated pair is never stored."""
+
+    __tablename__ = "keypairs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
