@@ -133,6 +133,17 @@ class RouterAdvertiser:
             self._sock.close()
             self._sock = None
 
+    def nudge(self) -> None:
+        """Send an advertisement soon (rate-limited by ``min_gap``), e.g. when a PXE client appears.
+
+        A client that booted after our last periodic advertisement needs one now: iPXE waits ~13 s for
+        IPv6 otherwise. Answering its Router Solicitation should suffice, but solicitations from QEMU
+        guests on a bridge were not seen by the raw socket in our tests, so the boot role also nudges
+        on every DHCP DISCOVER from a network-booting client.
+        """
+        self._pending.append(None)
+        self._wake.set()
+
     def _on_readable(self) -> None:
         assert self._sock is not None
         while True:

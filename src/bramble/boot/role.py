@@ -358,6 +358,10 @@ class BootRole:
 
     def _dhcp_event_handler(self, interface: str) -> Callable[[DhcpEvent], None]:
         def on_event(event: DhcpEvent) -> None:
+            if event.message_type == "DISCOVER" and (event.ipxe or event.arch is not None):
+                link = next((k for k in self._links if k.settings.name == interface), None)
+                if link is not None and link.ra is not None:
+                    link.ra.nudge()
             if event.yiaddr and event.outcome == "acked":
                 self._ip_to_mac[event.yiaddr] = event.mac
             details = {k: v for k, v in _fields(event).items() if v not in (None, "", ())}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 from bramble.boot.inventory import Inventory
@@ -71,3 +71,34 @@ def test_due_wakes_combines_machine_and_group_schedules_once_each(tmp_path: Path
     now = datetime(2026, 11, 20, 7, 30, 10, tzinfo=zone).astimezone(UTC)
     assert sorted(m.name for m in due_wakes(inventory, since, now)) == ["a", "b"]
     assert due_wakes(inventory, now, now) == []
+
+
+def test_a_network_booting_client_makes_the_link_advertise_ipv6_at_once(tmp_path: Path) -> None:
+    from bramble.boot.dhcp import DhcpEvent
+    from bramble.boot.role import _Link
+    from bramble.config import BootInterfaceSettings
+
+    class Advertiser:
+        nudges = 0
+
+        def nudge(self) -> None:
+            self.nudges += 1
+
+    role, _, seen = _role(tmp_path, [0.0])
+    ra = Advertiser()
+    link = _Link(BootInterfaceSettings(name="br0"), IPv4Interface("10.99.0.1/24"), None, None, ra)  # type: ignore[arg-type]
+    role._links.append(link)
+    on_event = role._dhcp_event_handler("br0")
+    base = {
+        "mac": MAC,
+        "outcome": "offered",
+        "yiaddr": "10.99.0.100",
+        "client": ("0.0.0.0", 68),
+        "giaddr": None,
+        "xid": 1,
+    }
+    on_event(DhcpEvent(message_type="DISCOVER", ipxe=True, **base))  # type: ignore[arg-type]
+    on_event(DhcpEvent(message_type="DISCOVER", **base))  # type: ignore[arg-type]  # not booting: no nudge
+    on_event(DhcpEvent(message_type="REQUEST", ipxe=True, **base))  # type: ignore[arg-type]
+    assert ra.nudges == 1
+    assert [o.action for o in seen] == ["boot.dhcp"] * 3
