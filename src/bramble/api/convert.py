@@ -69,6 +69,8 @@ def vm(
         vnc=vnc,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        key_name=row.key_name,
+        has_user_data=row.user_data is not None,
         nics=[
             schemas.VmNic(
                 network=network.name,

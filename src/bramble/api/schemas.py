@@ -98,6 +98,8 @@ class VmCreate(Strict):
     security_groups: list[str] = Field(
         default=[], max_length=8, description="groups of every NIC (names or ids); default: the `default` group"
     )
+    key: str | None = Field(default=None, max_length=63, description="keypair name or id (cloud-init SSH key)")
+    user_data: str | None = Field(default=None, max_length=65536, description="cloud-init user-data, <= 64 KiB")
 
 
 class VmAction(Strict):
@@ -124,6 +126,8 @@ class Vm(BaseModel):
     created_at: datetime
     updated_at: datetime
     nics: list[VmNic] = []
+    key_name: str | None = None
+    has_user_data: bool = False
 
 
 class ConsoleChunk(BaseModel):

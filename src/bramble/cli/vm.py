@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -71,6 +72,8 @@ def render(vm: Vm) -> None:
                 (f"nic{i}", f"{n.network} {n.address} {n.mac} ({n.tap}) groups {', '.join(n.security_groups) or '-'}")
                 for i, n in enumerate(vm.nics)
             ),
+            ("key", vm.key_name),
+            ("user-data", "yes" if vm.has_user_data else None),
             ("created", vm.created_at),
             ("updated", vm.updated_at),
         ],
@@ -88,6 +91,19 @@ def _after(client: Client, data: Any, vm_ref: str, *, no_wait: bool, json_out: b
         emit(data, json_out, lambda: typer.echo(f"vm {vm.name}: {vm.state}{reason}"))
     else:
         emit(data, json_out, lambda: render(vm))
+
+
+def _read_user_data(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > 64 * 1024:
+        raise CliError(f"{path}: {len(data)} bytes; user-data may be at most 65536")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 @app.command()
@@ -117,6 +133,10 @@ def create(
         list[str] | None,
         typer.Option("--security-group", "-g", help="Security group of its NICs (repeatable; default: default)."),
     ] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Keypair whose public key the guest gets.")] = None,
+    user_data: Annotated[
+        Path | None, typer.Option("--user-data", help="cloud-init user-data file (at most 64 KiB).", metavar="FILE")
+    ] = None,
     no_wait: NoWait = False,
     json_out: JsonOut = False,
 ) -> None:
@@ -135,6 +155,8 @@ def create(
         start=not no_start,
         nics=[_nic(text) for text in net or []] or None,
         security_groups=security_group or None,
+        key=key,
+        user_data=_read_user_data(user_data) if user_data is not None else None,
     )
     client = client_from(ctx)
     _after(client, client.post("/v1/vms", request), name, no_wait=no_wait, json_out=json_out, brief=False)

@@ -31,6 +31,7 @@ from bramble.core.secgroups import SecurityGroupService
 from bramble.db.models import (
     FlavorRow,
     ImageRow,
+    KeypairRow,
     NetworkRow,
     NicRow,
     NicSecurityGroupRow,
@@ -44,6 +45,7 @@ from bramble.scheduler.placement import NodeCapacity, NoPlacement, PlacementRequ
 
 GIB = 1024**3
 ACTIONS = ("start", "stop", "reboot", "pause", "resume")
+MAX_USER_DATA = 64 * 1024  # as EC2: user-data is for bootstrapping, not for shipping files
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class VmRequest:
     start: bool = True
     nics: tuple[NicRequest, ...] = ()
     security_groups: tuple[str, ...] = ()  # names or ids, for every NIC; none: the default group
+    key: str | None = None  # keypair name or id; its public key is copied into the VM
+    user_data: str | None = None  # cloud-init user-data, at most MAX_USER_DATA bytes of UTF-8
 
 
 def vm_summary(row: VmRow) -> dict[str, Any]:
@@ -180,6 +184,9 @@ class VmService:
             flavor = await find_by_ref(session, FlavorRow, req.flavor, "flavor") if req.flavor else None
             networks = await self.networks.resolve(session, req.nics)  # unknown: a 404 before anything
             groups = [await find_by_ref(session, SecurityGroupRow, g, "security group") for g in req.security_groups]
+            keypair = await find_by_ref(session, KeypairRow, req.key, "keypair") if req.key else None
+        if req.user_data is not None and len(req.user_data.encode()) > MAX_USER_DATA:
+            raise Invalid(f"user-data is {len(req.user_data.encode())} bytes; at most {MAX_USER_DATA} are allowed")
         if groups and not req.nics:
             raise Invalid("security groups apply to NICs; give --net as well")
         if image.status != "active":
@@ -212,6 +219,9 @@ class VmService:
             flavor_id=flavor.id if flavor else None,
             desired_state="running" if req.start else "stopped",
             state="creating",
+            key_name=keypair.name if keypair else None,
+            ssh_public_key=keypair.public_key if keypair else None,
+            user_data=req.user_data,
             created_at=utcnow(),
             updated_at=utcnow(),
         )

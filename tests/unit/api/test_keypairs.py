@@ -9,7 +9,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from bramble.core.deps import find_by_ref
 from bramble.core.keypairs import fingerprint
+from bramble.daemon import Services
+from bramble.db.models import VmRow
+from tests.unit.api.helpers import make_image, make_vm
 
 pytestmark = pytest.mark.anyio
 
@@ -81,3 +85,31 @@ async def test_delete(api: httpx.AsyncClient) -> None:
     assert missing.status_code == 404 and "keypair 'gone' not found" in missing.text
     actions = [e["action"] for e in (await api.get("/v1/events", params={"target": "keypair/gone"})).json()]
     assert "keypair.delete" in actions
+
+
+async def test_vm_create_copies_the_key_and_keeps_user_data(api: httpx.AsyncClient, services: Services) -> None:
+    await make_image(api)
+    key = (await api.post("/v1/keypairs", json={"name": "k"})).json()
+    vm = await make_vm(api, "c1", key="k", user_data="#cloud-config\nhostname: c1\n")
+    assert (vm["key_name"], vm["has_user_data"]) == ("k", True)
+    assert (await api.delete("/v1/keypairs/k")).status_code == 204
+    async with services.cloud.deps.db.read() as session:
+        row = await find_by_ref(session, VmRow, "c1", "vm")
+    assert row.ssh_public_key == key["public_key"]  # the VM keeps its copy
+    assert row.user_data == "#cloud-config\nhostname: c1\n"
+    plain = await make_vm(api, "c2")
+    assert (plain["key_name"], plain["has_user_data"]) == (None, False)
+
+
+async def test_vm_create_rejects_unknown_key_and_big_user_data(api: httpx.AsyncClient) -> None:
+    await make_image(api)
+    body = {"image": "tiny", "cpus": 1, "memory_mib": 128, "disk_gib": 1}
+    missing = await api.post("/v1/vms", json={**body, "name": "a", "key": "nope"})
+    assert missing.status_code == 404 and "keypair 'nope' not found" in missing.text
+    big = await api.post("/v1/vms", json={**body, "name": "b", "user_data": "x" * (64 * 1024 + 1)})
+    assert big.status_code == 422
+    wide = await api.post("/v1/vms", json={**body, "name": "c", "user_data": "\u00e9" * (40 * 1024)})
+    assert wide.status_code == 422 and "at most 65536" in wide.text
+    exact = await api.post("/v1/vms", json={**body, "name": "d", "user_data": "x" * (64 * 1024)})
+    assert exact.status_code == 202, exact.text
+    assert [v["name"] for v in (await api.get("/v1/vms")).json()] == ["d"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from tests.unit.cli.test_cli_contract import ok, real_api
+from tests.unit.cli.test_cli_contract import QCOW2, ok, real_api
 
 __all__ = ["real_api"]  # the fixture, imported so pytest finds it here
 
@@ -40,3 +40,30 @@ def test_keypair_round_trip(real_api, cli, error_line, tmp_path: Path) -> None:
     ok(cli("keypair", "delete", "mine"))
     assert "not found" in error_line(cli("keypair", "delete", "mine"))
     assert [k["name"] for k in json.loads(ok(cli("keypair", "list", "--json")))] == ["k1", "k2"]
+
+
+def test_vm_create_with_key_and_user_data(real_api, cli, error_line, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(QCOW2)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"kernel")
+    ok(cli("image", "import", str(disk), "-n", "tiny", "--kernel", str(kernel)))
+    ok(cli("keypair", "create", "k"))
+    user_data = tmp_path / "user-data"
+    user_data.write_text("#cloud-config\nhostname: w\n")
+    size = ("--cpus", "1", "--memory", "64", "--disk-size", "1")
+    vm = json.loads(ok(cli("vm", "create", "w", "-i", "tiny", *size, "--key", "k", "--user-data", str(user_data),
+                           "--json")))  # fmt: skip
+    assert (vm["key_name"], vm["has_user_data"]) == ("k", True)
+    shown = ok(cli("vm", "show", "w"))
+    assert "key" in shown and "user-data" in shown
+
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (64 * 1024 + 1))
+    assert f"{big}: 65537 bytes" in error_line(cli("vm", "create", "v", "-i", "tiny", *size, "--user-data", str(big)))
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe")
+    assert "not UTF-8" in error_line(cli("vm", "create", "v", "-i", "tiny", *size, "--user-data", str(binary)))
+    missing = tmp_path / "missing"
+    assert str(missing) in error_line(cli("vm", "create", "v", "-i", "tiny", *size, "--user-data", str(missing)))
+    assert "keypair 'nope' not found" in error_line(cli("vm", "create", "v", "-i", "tiny", *size, "--key", "nope"))
