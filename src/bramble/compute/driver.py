@@ -53,6 +53,16 @@ class NicAttachment:
 
 
 @dataclass(frozen=True)
+class CloudInit:
+    """What a guest learns about itself through its NoCloud seed and the metadata service."""
+
+    instance_id: str
+    hostname: str
+    public_keys: tuple[str, ...] = ()  # OpenSSH public key lines
+    user_data: str | None = None
+
+
+@dataclass(frozen=True)
 class VmSpec:
     """Everything a driver needs to start one VM. Derived from the desired state."""
 
@@ -68,6 +78,7 @@ class VmSpec:
     vnc_display: int | None = None  # VNC port is 5900 + display, bound to localhost
     accel: str = "tcg"  # kvm | tcg
     nics: tuple[NicAttachment, ...] = ()  # in guest order: eth0, eth1, ...
+    cloud_init: CloudInit | None = None  # the agent attaches a `cidata` seed CD-ROM built from it
 
 
 @dataclass
