@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 IMAGE_FORMATS = ("qcow2", "raw", "iso")
 
@@ -34,6 +35,14 @@ class StoredDisk:
     path: str
     format: str
     virtual_size_bytes: int
+
+
+@dataclass(frozen=True)
+class DiskSnapshot:
+    name: str
+    size_bytes: int
+    protected: bool
+    created: datetime | None
 
 
 def detect_format(head: bytes) -> str:
@@ -79,3 +88,41 @@ class StorageDriver(ABC):
 
     @abstractmethod
     async def image_exists(self, image_id: str) -> bool: ...
+
+    # ------------------------------------------------------------------ volumes
+    # A volume is a disk that outlives VMs. Backends that cannot do an action keep the
+    # default, which says so; the control plane turns that into a clear error.
+
+    async def create_volume(self, disk_id: str, size_bytes: int) -> StoredDisk:
+        """A blank disk meant to be attached to VMs one after another."""
+        return await self.create_blank_disk(disk_id, size_bytes)
+
+    async def disk_info(self, disk_id: str) -> StoredDisk:
+        raise NotImplementedError(f"{self.name} storage cannot inspect disks")
+
+    async def resize_disk(self, disk_id: str, size_bytes: int) -> StoredDisk:
+        """Grow a disk; shrinking is refused (it would cut off guest data)."""
+        raise NotImplementedError(f"{self.name} storage cannot resize disks")
+
+    async def flatten_disk(self, disk_id: str) -> None:
+        raise NotImplementedError(f"{self.name} storage cannot flatten disks")
+
+    async def snapshot_create(self, disk_id: str, snapshot: str) -> DiskSnapshot:
+        raise NotImplementedError(f"{self.name} storage has no snapshots")
+
+    async def snapshot_list(self, disk_id: str) -> list[DiskSnapshot]:
+        raise NotImplementedError(f"{self.name} storage has no snapshots")
+
+    async def snapshot_rollback(self, disk_id: str, snapshot: str) -> None:
+        raise NotImplementedError(f"{self.name} storage has no snapshots")
+
+    async def snapshot_delete(self, disk_id: str, snapshot: str) -> None:
+        raise NotImplementedError(f"{self.name} storage has no snapshots")
+
+    def export_disk(self, disk_id: str, *, snapshot: str | None = None) -> AsyncIterator[bytes]:
+        """The disk's (or a snapshot's) guest-visible bytes, raw, as a stream of chunks."""
+        raise NotImplementedError(f"{self.name} storage cannot export disks")
+
+    async def import_disk(self, disk_id: str, chunks: AsyncIterator[bytes]) -> StoredDisk:
+        """A new disk from a raw byte stream (what export_disk gives); refused if it exists."""
+        raise NotImplementedError(f"{self.name} storage cannot import disks")

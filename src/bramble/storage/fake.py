@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
-from bramble.storage.driver import StorageDriver, StorageError, StoredDisk, StoredImage, detect_format
+from bramble.storage.driver import (
+    DiskSnapshot,
+    StorageDriver,
+    StorageError,
+    StoredDisk,
+    StoredImage,
+    detect_format,
+)
 
 
 class FakeStorage(StorageDriver):
@@ -14,6 +22,10 @@ class FakeStorage(StorageDriver):
         self.images: dict[str, dict[str, bytes]] = {}
         self.disks: dict[str, StoredDisk] = {}
         self.fail_clone: str | None = None  # set to a message to make clone_disk fail
+        # Volume contents: a sparse map would be overkill; tests use small volumes.
+        self.data: dict[str, bytes] = {}
+        self.snapshots: dict[str, dict[str, bytes]] = {}
+        self.fail_volume: str | None = None  # set to a message to make create_volume fail
 
     async def write_image(self, image_id: str, chunks: AsyncIterator[bytes], *, part: str = "disk") -> int:
         data = b"".join([chunk async for chunk in chunks])
@@ -55,6 +67,87 @@ class FakeStorage(StorageDriver):
 
     async def delete_disk(self, disk_id: str) -> None:
         self.disks.pop(disk_id, None)
+        self.data.pop(disk_id, None)
+        self.snapshots.pop(disk_id, None)
 
     async def disk_exists(self, disk_id: str) -> bool:
         return disk_id in self.disks
+
+    def _disk(self, disk_id: str) -> StoredDisk:
+        if disk_id not in self.disks:
+            raise StorageError(f"disk {disk_id} does not exist")
+        return self.disks[disk_id]
+
+    def _bytes(self, disk_id: str) -> bytes:
+        disk = self._disk(disk_id)
+        return self.data.get(disk_id, b"\0" * disk.virtual_size_bytes)
+
+    async def create_volume(self, disk_id: str, size_bytes: int) -> StoredDisk:
+        if self.fail_volume:
+            raise StorageError(self.fail_volume)
+        return await self.create_blank_disk(disk_id, size_bytes)
+
+    async def disk_info(self, disk_id: str) -> StoredDisk:
+        return self._disk(disk_id)
+
+    async def resize_disk(self, disk_id: str, size_bytes: int) -> StoredDisk:
+        disk = self._disk(disk_id)
+        if size_bytes < disk.virtual_size_bytes:
+            raise StorageError(f"disk {disk_id} is {disk.virtual_size_bytes} bytes; shrinking it is refused")
+        if disk_id in self.data:
+            self.data[disk_id] = self.data[disk_id].ljust(size_bytes, b"\0")
+        self.disks[disk_id] = replace(disk, virtual_size_bytes=size_bytes)
+        return self.disks[disk_id]
+
+    async def flatten_disk(self, disk_id: str) -> None:
+        self._disk(disk_id)
+
+    async def snapshot_create(self, disk_id: str, snapshot: str) -> DiskSnapshot:
+        snaps = self.snapshots.setdefault(disk_id, {})
+        if snapshot in snaps:
+            raise StorageError(f"disk {disk_id} already has a snapshot {snapshot!r}")
+        snaps[snapshot] = self._bytes(disk_id)
+        return DiskSnapshot(name=snapshot, size_bytes=len(snaps[snapshot]), protected=False, created=None)
+
+    async def snapshot_list(self, disk_id: str) -> list[DiskSnapshot]:
+        self._disk(disk_id)
+        return [
+            DiskSnapshot(name=name, size_bytes=len(data), protected=False, created=None)
+            for name, data in self.snapshots.get(disk_id, {}).items()
+        ]
+
+    async def snapshot_rollback(self, disk_id: str, snapshot: str) -> None:
+        snaps = self.snapshots.get(disk_id, {})
+        if snapshot not in snaps:
+            raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
+        self.data[disk_id] = snaps[snapshot]
+
+    async def snapshot_delete(self, disk_id: str, snapshot: str) -> None:
+        self.snapshots.get(disk_id, {}).pop(snapshot, None)
+
+    async def export_disk(self, disk_id: str, *, snapshot: str | None = None) -> AsyncIterator[bytes]:
+        if snapshot is None:
+            data = self._bytes(disk_id)
+        else:
+            snaps = self.snapshots.get(disk_id, {})
+            if snapshot not in snaps:
+                raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
+            data = snaps[snapshot]
+        for start in range(0, len(data), 65536):
+            yield data[start : start + 65536]
+
+    async def import_disk(self, disk_id: str, chunks: AsyncIterator[bytes]) -> StoredDisk:
+        if disk_id in self.disks:
+            raise StorageError(f"disk {disk_id} already exists")
+        data = b"".join([chunk async for chunk in chunks])
+        if not data:
+            raise StorageError("the import stream was empty")
+        disk = await self.create_blank_disk(disk_id, len(data))
+        self.data[disk_id] = data
+        return disk
+
+    def write(self, disk_id: str, offset: int, payload: bytes) -> None:
+        """What a guest writing to the volume would do (tests only)."""
+        data = bytearray(self._bytes(disk_id))
+        data[offset : offset + len(payload)] = payload
+        self.data[disk_id] = bytes(data)

@@ -9,14 +9,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from bramble.storage.driver import StorageDriver, StorageError, StoredDisk, StoredImage, detect_format
+from bramble.storage.driver import (
+    DiskSnapshot,
+    StorageDriver,
+    StorageError,
+    StoredDisk,
+    StoredImage,
+    detect_format,
+)
 
 PARTS = ("disk", "kernel", "initrd")
 HEAD_BYTES = 64 * 1024
+EXPORT_CHUNK = 1024 * 1024
+SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 async def _run(*argv: str) -> str:
@@ -140,3 +152,123 @@ class LocalStorage(StorageDriver):
 
     async def disk_exists(self, disk_id: str) -> bool:
         return self._disk_path(disk_id).exists()
+
+    # ------------------------------------------------------------------ volumes
+    def _existing(self, disk_id: str) -> Path:
+        path = self._disk_path(disk_id)
+        if not path.exists():
+            raise StorageError(f"disk {disk_id} does not exist")
+        return path
+
+    async def _info(self, path: Path) -> dict[str, object]:
+        info: dict[str, object] = json.loads(
+            await _run("qemu-img", "info", "-U", "--output=json", "-f", "qcow2", str(path))
+        )
+        return info
+
+    async def disk_info(self, disk_id: str) -> StoredDisk:
+        path = self._existing(disk_id)
+        info = await self._info(path)
+        size = info["virtual-size"]
+        assert isinstance(size, int)
+        return StoredDisk(disk_id=disk_id, path=str(path), format="qcow2", virtual_size_bytes=size)
+
+    async def resize_disk(self, disk_id: str, size_bytes: int) -> StoredDisk:
+        """Grow the qcow2 file while no VM has it open (a running VM grows it with QMP block_resize)."""
+        current = await self.disk_info(disk_id)
+        if size_bytes < current.virtual_size_bytes:
+            raise StorageError(
+                f"disk {disk_id} is {current.virtual_size_bytes} bytes; shrinking it to {size_bytes} is refused"
+            )
+        if size_bytes > current.virtual_size_bytes:
+            await _run("qemu-img", "resize", "-q", "-f", "qcow2", current.path, str(size_bytes))
+        return StoredDisk(disk_id=disk_id, path=current.path, format="qcow2", virtual_size_bytes=size_bytes)
+
+    async def flatten_disk(self, disk_id: str) -> None:
+        """Drop the backing file: rebase onto nothing copies the shared data into the disk."""
+        path = self._existing(disk_id)
+        await _run("qemu-img", "rebase", "-q", "-f", "qcow2", "-b", "", str(path))
+
+    @staticmethod
+    def _snapshot_name(snapshot: str) -> str:
+        if not SNAPSHOT_RE.match(snapshot):
+            raise StorageError(f"bad snapshot name {snapshot!r}: letters, digits, '.', '_', '-' (up to 63)")
+        return snapshot
+
+    async def snapshot_list(self, disk_id: str) -> list[DiskSnapshot]:
+        info = await self._info(self._existing(disk_id))
+        size = info["virtual-size"]
+        assert isinstance(size, int)
+        result = []
+        for snap in info.get("snapshots", []) or []:  # type: ignore[attr-defined]
+            created = datetime.fromtimestamp(int(snap.get("date-sec", 0)), UTC) if snap.get("date-sec") else None
+            result.append(DiskSnapshot(name=str(snap["name"]), size_bytes=size, protected=False, created=created))
+        return result
+
+    async def snapshot_create(self, disk_id: str, snapshot: str) -> DiskSnapshot:
+        """An internal qcow2 snapshot; the disk must not be open in a running VM."""
+        path = self._existing(disk_id)
+        name = self._snapshot_name(snapshot)
+        if any(s.name == name for s in await self.snapshot_list(disk_id)):
+            raise StorageError(f"disk {disk_id} already has a snapshot {name!r}")
+        await _run("qemu-img", "snapshot", "-q", "-c", name, str(path))
+        return next(s for s in await self.snapshot_list(disk_id) if s.name == name)
+
+    async def snapshot_rollback(self, disk_id: str, snapshot: str) -> None:
+        path = self._existing(disk_id)
+        if not any(s.name == snapshot for s in await self.snapshot_list(disk_id)):
+            raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
+        await _run("qemu-img", "snapshot", "-q", "-a", snapshot, str(path))
+
+    async def snapshot_delete(self, disk_id: str, snapshot: str) -> None:
+        """Delete a snapshot; deleting one that is not there is not an error."""
+        path = self._existing(disk_id)
+        if not any(s.name == snapshot for s in await self.snapshot_list(disk_id)):
+            return
+        await _run("qemu-img", "snapshot", "-q", "-d", snapshot, str(path))
+
+    async def export_disk(self, disk_id: str, *, snapshot: str | None = None) -> AsyncIterator[bytes]:
+        """Convert to a sparse raw temporary file next to the disk, stream it, remove it.
+
+        qemu-img cannot write raw to a pipe, and reading the qcow2 ourselves would mean
+        parsing it; a sparse temporary costs only the allocated blocks.
+        """
+        path = self._existing(disk_id)
+        if snapshot is not None and not any(s.name == snapshot for s in await self.snapshot_list(disk_id)):
+            raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
+        temp = self.disks_dir / f".export-{disk_id}-{uuid.uuid4().hex[:8]}.raw"
+        argv = ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw"]
+        if snapshot is not None:
+            argv += ["-l", f"snapshot.name={snapshot}"]
+        try:
+            await _run(*argv, str(path), str(temp))
+            with open(temp, "rb") as source:
+                while True:
+                    chunk = await asyncio.to_thread(source.read, EXPORT_CHUNK)
+                    if not chunk:
+                        break
+                    yield chunk
+        finally:
+            temp.unlink(missing_ok=True)
+
+    async def import_disk(self, disk_id: str, chunks: AsyncIterator[bytes]) -> StoredDisk:
+        """Write the raw stream to a temporary file, convert it to qcow2, rename into place."""
+        final = self._disk_path(disk_id)
+        if final.exists():
+            raise StorageError(f"disk {disk_id} already exists")
+        raw = self.disks_dir / f".import-{disk_id}.raw"
+        partial = self.disks_dir / f".import-{disk_id}.qcow2"
+        written = 0
+        try:
+            with open(raw, "wb") as out:
+                async for chunk in chunks:
+                    out.write(chunk)
+                    written += len(chunk)
+            if written == 0:
+                raise StorageError("the import stream was empty")
+            await _run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(partial))
+            os.replace(partial, final)
+        finally:
+            raw.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
+        return StoredDisk(disk_id=disk_id, path=str(final), format="qcow2", virtual_size_bytes=written)

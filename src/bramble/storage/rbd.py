@@ -40,12 +40,17 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bramble.storage.driver import StorageDriver, StorageError, StoredDisk, StoredImage, detect_format
+from bramble.storage.driver import (
+    DiskSnapshot,
+    StorageDriver,
+    StorageError,
+    StoredDisk,
+    StoredImage,
+    detect_format,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -62,14 +67,6 @@ SWEEP_AGE = 300.0  # seconds: a temporary image younger than this may be another
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 POOL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 USER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class DiskSnapshot:
-    name: str
-    size_bytes: int
-    protected: bool
-    created: datetime | None
 
 
 class HasClonesError(StorageError):
