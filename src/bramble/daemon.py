@@ -180,6 +180,7 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
             reconcile_interval=settings.agent.reconcile_interval_seconds,
             heartbeat_interval=settings.agent.heartbeat_seconds,
             networks=make_networks(settings),
+            seed_dir=settings.state_dir / "seeds",
         )
         nodes.agents[node] = agent
         await agent.start()

@@ -23,11 +23,13 @@ from bramble.compute.driver import (
     ComputeError,
     ConsoleData,
     DesiredVm,
+    DiskAttachment,
     HostFacts,
     PowerState,
     VmRuntime,
     VmSpec,
 )
+from bramble.compute.seed import build_seed_iso
 from bramble.storage.driver import StorageDriver, StoredDisk, StoredImage
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Agent:
         reconcile_interval: float = 10.0,
         heartbeat_interval: float = 10.0,
         networks: NodeNetworks | None = None,
+        seed_dir: Path | None = None,
     ) -> None:
         self.node = node
         self.compute = compute
@@ -71,6 +74,7 @@ class Agent:
         self.reconcile_interval = reconcile_interval
         self.heartbeat_interval = heartbeat_interval
         self.networks = networks
+        self.seed_dir = seed_dir  # cloud-init NoCloud seeds, one ISO per VM; None: no seeds
         if networks is not None:
             networks.security_source = lambda: control.security_state(node)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -96,6 +100,22 @@ class Agent:
         """KVM only for guests of this host's architecture, and only where KVM works."""
         native = get_profile(spec.arch).name == host_arch()
         return dataclasses.replace(spec, accel="kvm" if native and self.accel == "kvm" else "tcg")
+
+    def _seed_path(self, vm_id: str) -> Path | None:
+        return self.seed_dir / f"{vm_id}.iso" if self.seed_dir is not None else None
+
+    async def _seeded(self, spec: VmSpec) -> VmSpec:
+        """The spec with its cloud-init seed attached as a read-only CD-ROM, built fresh for this start.
+
+        Only VMs given a key or user-data get one (others keep their disk list as it was); the
+        metadata service answers every VM either way."""
+        data = spec.cloud_init
+        path = self._seed_path(spec.vm_id)
+        if data is None or path is None or (not data.public_keys and data.user_data is None):
+            return spec
+        await asyncio.to_thread(build_seed_iso, path, data, spec.nics)
+        seed = DiskAttachment(path=str(path), format="raw", media="cdrom", readonly=True)
+        return dataclasses.replace(spec, disks=(*spec.disks, seed))
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -200,7 +220,7 @@ class Agent:
                     return
                 if desired.disk_id and not await self.storage.disk_exists(desired.disk_id):
                     raise ComputeError("its disk is missing")
-                runtime = await self.compute.start(self._placed(desired.spec))
+                runtime = await self.compute.start(await self._seeded(self._placed(desired.spec)))
                 runtime.extra["accel"] = self._placed(desired.spec).accel
                 runtime.reason = f"started by the agent: desired state is {want}"
                 self._restart_failures.pop(vm_id, None)
@@ -252,7 +272,7 @@ class Agent:
         placed = self._placed(spec)
         async with self._lock(spec.vm_id):
             await self._plug(placed)
-            runtime = await self.compute.start(placed)
+            runtime = await self.compute.start(await self._seeded(placed))
         runtime.extra["accel"] = placed.accel
         self._restart_failures.pop(spec.vm_id, None)
         return runtime
@@ -288,6 +308,9 @@ class Agent:
                     console.parent.rmdir()
             if self.networks is not None:
                 await self.networks.unplug(vm_id)
+            seed = self._seed_path(vm_id)
+            if seed is not None:
+                seed.unlink(missing_ok=True)
         self._locks.pop(vm_id, None)
         self._restart_failures.pop(vm_id, None)
 

@@ -19,7 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bramble.compute.arch import UnknownArch, canonical_arch, get_profile
-from bramble.compute.driver import ConsoleData, DiskAttachment, NicAttachment, PowerState, VmRuntime, VmSpec
+from bramble.compute.driver import (
+    CloudInit,
+    ConsoleData,
+    DiskAttachment,
+    NicAttachment,
+    PowerState,
+    VmRuntime,
+    VmSpec,
+)
 from bramble.core.context import SYSTEM, RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NoCapacity, NotFound
@@ -98,6 +106,12 @@ def vm_spec(row: VmRow, image: ImageRow | None, nics: Sequence[NicAttachment] = 
         cmdline=image.cmdline if image else None,
         vnc_display=row.vnc_display,
         nics=tuple(nics),
+        cloud_init=CloudInit(
+            instance_id=row.id,
+            hostname=row.name,
+            public_keys=(row.ssh_public_key,) if row.ssh_public_key else (),
+            user_data=row.user_data,
+        ),
     )
 
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
+from pathlib import Path
 
 import httpx
+import pycdlib
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from bramble.compute.driver import VmSpec
+from bramble.compute.fake import FakeComputeDriver
 from bramble.core.deps import find_by_ref
 from bramble.core.keypairs import fingerprint
 from bramble.daemon import Services
 from bramble.db.models import VmRow
 from tests.unit.api.helpers import make_image, make_vm
+from tests.unit.api.test_networks import delete_vm
 
 pytestmark = pytest.mark.anyio
 
@@ -113,3 +120,37 @@ async def test_vm_create_rejects_unknown_key_and_big_user_data(api: httpx.AsyncC
     exact = await api.post("/v1/vms", json={**body, "name": "d", "user_data": "x" * (64 * 1024)})
     assert exact.status_code == 202, exact.text
     assert [v["name"] for v in (await api.get("/v1/vms")).json()] == ["d"]
+
+
+def running_spec(services: Services, vm_id: str) -> VmSpec:
+    assert services.agent is not None
+    compute = services.agent.compute
+    assert isinstance(compute, FakeComputeDriver)
+    return compute.vms[vm_id].spec
+
+
+async def test_agent_attaches_a_seed_cdrom_and_removes_it_on_delete(api: httpx.AsyncClient, services: Services) -> None:
+    await make_image(api)
+    key = (await api.post("/v1/keypairs", json={"name": "k"})).json()
+    vm = await make_vm(api, "seeded", key="k", user_data="marker\n")
+    spec = running_spec(services, vm["id"])
+    [seed] = [d for d in spec.disks if d.media == "cdrom"]
+    assert seed.readonly and seed.format == "raw"
+    assert seed.path == str(services.settings.state_dir / "seeds" / f"{vm['id']}.iso")
+    iso = pycdlib.PyCdlib()
+    iso.open(seed.path)
+    try:
+        meta = io.BytesIO()
+        iso.get_file_from_iso_fp(meta, rr_path="/meta-data")
+        assert json.loads(meta.getvalue()) == {
+            "instance-id": vm["id"], "local-hostname": "seeded", "public-keys": [key["public_key"]],
+        }  # fmt: skip
+        user_data = io.BytesIO()
+        iso.get_file_from_iso_fp(user_data, rr_path="/user-data")
+        assert user_data.getvalue() == b"marker\n"
+    finally:
+        iso.close()
+    plain = await make_vm(api, "plain")
+    assert [d.media for d in running_spec(services, plain["id"]).disks] == ["disk"]  # no key, no user-data: no seed
+    await delete_vm(api, "seeded")
+    assert not Path(seed.path).exists()
