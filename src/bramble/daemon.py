@@ -23,6 +23,7 @@ import uvicorn
 
 from bramble import __version__
 from bramble.agent.agent import Agent
+from bramble.agent.metadata import MetadataService
 from bramble.agent.network import NodeNetworks
 from bramble.api.app import create_app
 from bramble.boot.inventory import Inventory
@@ -168,6 +169,7 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
     if "agent" in settings.roles:
         accel, reason = await asyncio.to_thread(choose_accel, settings)
         node = settings.node_name or socket.gethostname()
+        networks = make_networks(settings)
         agent = Agent(
             node,
             compute or make_compute(settings, accel),
@@ -179,8 +181,10 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
             stop_timeout=settings.compute.stop_timeout_seconds,
             reconcile_interval=settings.agent.reconcile_interval_seconds,
             heartbeat_interval=settings.agent.heartbeat_seconds,
-            networks=make_networks(settings),
+            networks=networks,
             seed_dir=settings.state_dir / "seeds",
+            # real bridges only: the fake network driver has no DNAT to bring guests to a listener
+            metadata=MetadataService() if networks.serve_dhcp else None,
         )
         nodes.agents[node] = agent
         await agent.start()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bramble.agent.control import ControlPlane
+from bramble.agent.metadata import MetadataRequest, MetadataService
 from bramble.agent.network import NodeNetworks
 from bramble.compute.arch import get_profile, host_arch
 from bramble.compute.driver import (
@@ -62,6 +63,7 @@ class Agent:
         heartbeat_interval: float = 10.0,
         networks: NodeNetworks | None = None,
         seed_dir: Path | None = None,
+        metadata: MetadataService | None = None,
     ) -> None:
         self.node = node
         self.compute = compute
@@ -75,6 +77,12 @@ class Agent:
         self.heartbeat_interval = heartbeat_interval
         self.networks = networks
         self.seed_dir = seed_dir  # cloud-init NoCloud seeds, one ISO per VM; None: no seeds
+        self.metadata = metadata
+        if metadata is not None:
+            metadata.on_request = self._record_metadata_request
+            if networks is not None:
+                networks.metadata_target = lambda nic: metadata.listen(nic.network_id, nic.gateway)
+                networks.metadata_release = metadata.release
         if networks is not None:
             networks.security_source = lambda: control.security_state(node)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -149,6 +157,8 @@ class Agent:
         await self.compute.close()
         if self.networks is not None:
             await self.networks.close()
+        if self.metadata is not None:
+            await self.metadata.close()
 
     async def _adopt(self) -> None:
         known = await self.control.known_vm_ids(self.node)
@@ -246,8 +256,16 @@ class Agent:
             return
         await self.control.report_vm_state(self.node, runtime)
 
+    async def _record_metadata_request(self, request: MetadataRequest) -> None:
+        target = f"vm/{request.vm_name}" if request.vm_name else f"network/{request.network_id}"
+        message = f"GET {request.path} from {request.client}: {request.status}"
+        outcome = "ok" if request.status == 200 else "rejected"
+        await self.control.record_event(self.node, "metadata.request", target, message, outcome=outcome)
+
     async def _plug(self, spec: VmSpec) -> None:
         """Bridges, taps, firewall and DHCP for the VM's NICs (a no-op when nothing changed)."""
+        if self.metadata is not None:
+            self.metadata.register(spec)
         if self.networks is None:
             if spec.nics:
                 raise ComputeError("this node has no network driver for the VM's NICs")
@@ -311,6 +329,8 @@ class Agent:
             seed = self._seed_path(vm_id)
             if seed is not None:
                 seed.unlink(missing_ok=True)
+            if self.metadata is not None:
+                self.metadata.forget(vm_id)
         self._locks.pop(vm_id, None)
         self._restart_failures.pop(vm_id, None)
 

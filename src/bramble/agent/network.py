@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 from bramble.boot.dhcp import DhcpConfig, DhcpServer
 from bramble.boot.leases import LeaseStore, Reservation
 from bramble.compute.driver import NicAttachment, VmSpec
-from bramble.network.driver import NetworkDriver, NetworkSpec, NicSpec, Rule, SecurityPolicy
+from bramble.network.driver import MetadataTarget, NetworkDriver, NetworkSpec, NicSpec, Rule, SecurityPolicy
 from bramble.network.secgroups import NicMembership, SecurityGroup, compile_policies
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class DhcpHandle:
         self.store.close()
 
 
-def network_spec(nic: NicAttachment) -> NetworkSpec:
+def network_spec(nic: NicAttachment, metadata: MetadataTarget | None = None) -> NetworkSpec:
     return NetworkSpec(
         id=nic.network_id,
         cidr=IPv4Network(nic.cidr),
@@ -49,6 +49,7 @@ def network_spec(nic: NicAttachment) -> NetworkSpec:
         nat=nic.nat,
         uplink=nic.uplink,
         vlan=nic.vlan,
+        metadata=metadata,
     )
 
 
@@ -85,6 +86,9 @@ class NodeNetworks:
         self.security_source: SecuritySource | None = None
         # A firewall swap failed (control plane unreachable, kernel refused): the reconcile loop retries.
         self.firewall_stale = False
+        # The metadata listener of a network (the agent sets both; None: no metadata DNAT).
+        self.metadata_target: Callable[[NicAttachment], Awaitable[MetadataTarget]] | None = None
+        self.metadata_release: Callable[[str], Awaitable[None]] | None = None
 
     def nics(self) -> list[NicAttachment]:
         return [nic for nics in self._plugged.values() for nic in nics]
@@ -105,7 +109,8 @@ class NodeNetworks:
                 return
             stale = {n.tap for n in self._plugged.get(spec.vm_id, ())} - {n.tap for n in spec.nics}
             for nic in spec.nics:
-                await asyncio.to_thread(self.driver.ensure_network, network_spec(nic))
+                target = await self.metadata_target(nic) if self.metadata_target is not None else None
+                await asyncio.to_thread(self.driver.ensure_network, network_spec(nic, target))
                 await asyncio.to_thread(
                     self.driver.ensure_tap,
                     NicSpec(
@@ -147,6 +152,8 @@ class NodeNetworks:
             in_use = {n.network_id for n in self.nics()}
             for network_id in {n.network_id for n in nics} - in_use:
                 await asyncio.to_thread(self.driver.remove_network, network_id)
+                if self.metadata_release is not None:
+                    await self.metadata_release(network_id)
             await self._sync_dhcp()
 
     async def sweep_taps(self) -> list[str]:
