@@ -425,11 +425,10 @@ class _Transfer:
         acked = sent = 0  # absolute block numbers: last acknowledged, last sent
         received = 0
         # Lock-step fast path: the ACK we expect next (-1 while there is none, e.g. before the
-        # OACK is acknowledged or with a window), and the packets of the current slab.
+        # OACK is acknowledged or with a window) and the DATA packet that answers it, prepared
+        # while the client works (None once the final block is out).
         expected = -1
-        per_slab = slabs.per_slab
-        packets: list[memoryview] = []
-        base = -per_slab  # no slab yet: the first fast-path send fetches one
+        following: memoryview | None = None
         dup_resent = False
         _set_receive_timeout(sock, timeout)
         try:
@@ -439,7 +438,7 @@ class _Transfer:
             else:
                 sent = self._send_blocks(1, windowsize)
                 if windowsize == 1:
-                    expected = sent & 0xFFFF
+                    expected, following = sent & 0xFFFF, self._packet_after(sent)
             while True:
                 try:
                     n = readv(fd, into)
@@ -459,20 +458,17 @@ class _Transfer:
                     if n == 4 and buffer[1] == 4 and buffer[0] == 0:
                         block = buffer[2] << 8 | buffer[3]
                         if block == expected:
-                            # Lock-step: the block we sent is acknowledged, send the next one.
+                            # Lock-step: the block we sent is acknowledged, send the next one at
+                            # once, then prepare the one after (off the round trip's critical path).
                             acked = sent
-                            if acked == slabs.last_block:
+                            if following is None:
                                 return "sent"
-                            sent += 1
-                            index = sent - base
-                            if index >= per_slab:
-                                packets, base = slabs.packets_from(sent)
-                                index = sent - base
                             try:  # noqa: SIM105 (hot path, see _send_blocks)
-                                write(fd, packets[index])
+                                write(fd, following)
                             except OSError:
                                 pass
-                            expected = sent & 0xFFFF
+                            sent += 1
+                            expected, following = sent & 0xFFFF, self._packet_after(sent)
                             if attempts:
                                 attempts = 0
                                 if timeout != base_timeout:
@@ -488,7 +484,7 @@ class _Transfer:
                                 progress = True
                                 sent = self._send_blocks(1, windowsize)
                                 if windowsize == 1:
-                                    expected = sent & 0xFFFF
+                                    expected, following = sent & 0xFFFF, self._packet_after(sent)
                         elif 0 < delta <= sent - acked:
                             # (With a window; in lock-step this is the fast path above.)
                             acked += delta
@@ -543,6 +539,21 @@ class _Transfer:
                     self._send_blocks(acked + 1, sent)
         finally:
             self._acked, self._received = acked, received
+
+    def _packet_after(self, sent: int) -> memoryview | None:
+        """The DATA packet for block sent+1, or None if `sent` was the final block.
+
+        In lock-step this may load the next slab into the buffer of the one before the current
+        one: nothing there is unacknowledged, and block `sent` (which a timeout may resend)
+        stays where it is.
+        """
+        slabs, block = self._slabs, sent + 1
+        if slabs.last_block is not None and block > slabs.last_block:
+            return None
+        packets, base = slabs.packets_from(block)
+        if slabs.last_block is not None and block > slabs.last_block:
+            return None
+        return packets[block - base]
 
     def _unusual(self, buffer: bytearray, n: int) -> Outcome | None:
         """Anything from the client but a well-formed ACK: count and log it; its ERROR ends the transfer."""
