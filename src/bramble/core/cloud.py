@@ -16,6 +16,7 @@ from bramble.core.nodes import NodeService
 from bramble.core.secgroups import SecurityGroupService
 from bramble.core.tokens import TokenService
 from bramble.core.vms import VmService
+from bramble.core.volumes import VolumeService
 from bramble.db.models import EventRow, OperationRow
 
 
@@ -26,6 +27,7 @@ class Cloud:
         self.flavors = FlavorService(deps)
         self.keypairs = KeypairService(deps)
         self.vms = VmService(deps)
+        self.volumes = VolumeService(deps)
         self.networks: NetworkService = self.vms.networks
         self.secgroups: SecurityGroupService = self.vms.secgroups
         self.nodes = NodeService(deps)

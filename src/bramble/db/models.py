@@ -245,3 +245,21 @@ class KeypairRow(Base):
     public_key: Mapped[str] = mapped_column(Text)
     fingerprint: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VolumeRow(Base):
+    """A disk that outlives VMs: attached to at most one VM at a time, as an extra virtio disk."""
+
+    __tablename__ = "volumes"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    driver: Mapped[str] = mapped_column(String(16))  # the storage backend: local | rbd | fake
+    pool: Mapped[str | None] = mapped_column(String(128))
+    path: Mapped[str | None] = mapped_column(Text)  # the file or rbd: reference QEMU opens
+    format: Mapped[str] = mapped_column(String(8), default="qcow2")
+    state: Mapped[str] = mapped_column(String(16))  # creating | available | attached | error
+    vm_id: Mapped[str | None] = mapped_column(ForeignKey("vms.id", ondelete="SET NULL"), index=True)
+    device: Mapped[str | None] = mapped_column(String(32))  # the QEMU device id while attached
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

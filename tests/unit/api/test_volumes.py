@@ -1,0 +1,151 @@
+"""Volumes through the real API on the fake drivers: lifecycle, snapshots, export/import, bad input."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+from bramble.daemon import Services
+from bramble.storage.fake import FakeStorage
+from tests.unit.api.helpers import make_image, make_vm, wait_operation
+
+pytestmark = pytest.mark.anyio
+MIB = 1024 * 1024
+
+
+def fake_store(services: Services) -> FakeStorage:
+    store = services.cloud.volumes.store
+    assert isinstance(store, FakeStorage)
+    return store
+
+
+async def create(api: httpx.AsyncClient, name: str, size: int = 4 * MIB) -> dict:
+    response = await api.post("/v1/volumes", json={"name": name, "size_bytes": size})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_create_list_show_resize_delete(api: httpx.AsyncClient) -> None:
+    vol = await create(api, "data")
+    assert (vol["state"], vol["size_bytes"], vol["vm"], vol["driver"]) == ("available", 4 * MIB, None, "fake")
+    assert [v["name"] for v in (await api.get("/v1/volumes")).json()] == ["data"]
+    assert (await api.get(f"/v1/volumes/{vol['id']}")).json()["name"] == "data"
+    grown = await api.post("/v1/volumes/data/resize", json={"size_bytes": 8 * MIB})
+    assert grown.status_code == 200 and grown.json()["size_bytes"] == 8 * MIB
+    shrink = await api.post("/v1/volumes/data/resize", json={"size_bytes": 4 * MIB})
+    assert shrink.status_code == 422 and "shrinking" in shrink.json()["error"]["message"]
+    assert (await api.delete("/v1/volumes/data")).status_code == 204
+    assert (await api.get("/v1/volumes/data")).status_code == 404
+    events = (await api.get("/v1/events", params={"target": "volume/data"})).json()
+    assert {"volume.create", "volume.resize", "volume.delete"} <= {e["action"] for e in events}
+
+
+async def test_attach_moves_between_vms_and_blocks_delete(api: httpx.AsyncClient, services: Services) -> None:
+    await make_image(api)
+    await make_vm(api, "a", start=False)
+    await make_vm(api, "b", start=False)
+    await create(api, "data")
+    attached = await api.post("/v1/volumes/data/attach", json={"vm": "a"})
+    assert attached.status_code == 200, attached.text
+    assert (attached.json()["vm"], attached.json()["state"]) == ("a", "attached")
+    refused = await api.delete("/v1/volumes/data")
+    assert refused.status_code == 409 and "'a'" in refused.json()["error"]["message"]
+    again = await api.post("/v1/volumes/data/attach", json={"vm": "b"})
+    assert again.status_code == 409 and "attached to VM 'a'" in again.json()["error"]["message"]
+    snap = await api.post("/v1/volumes/data/snapshots", json={"name": "s1"})
+    assert snap.status_code == 409
+    assert (await api.post("/v1/volumes/data/detach")).json()["state"] == "available"
+    assert (await api.post("/v1/volumes/data/detach")).status_code == 409
+    moved = await api.post("/v1/volumes/data/attach", json={"vm": "b"})
+    assert moved.status_code == 200 and moved.json()["vm"] == "b"
+    assert (await api.post("/v1/volumes/data/detach")).status_code == 200
+    assert (await api.delete("/v1/volumes/data")).status_code == 204
+    assert fake_store(services).disks.keys().isdisjoint({"vol-" + attached.json()["id"]})
+
+
+async def test_deleting_the_vm_frees_its_volume(api: httpx.AsyncClient) -> None:
+    await make_image(api)
+    await make_vm(api, "a", start=False)
+    await create(api, "data")
+    assert (await api.post("/v1/volumes/data/attach", json={"vm": "a"})).status_code == 200
+    deleted = await api.delete("/v1/vms/a")
+    assert deleted.status_code == 202, deleted.text
+    op = await wait_operation(api, deleted.json()["operation"]["id"])
+    assert op["status"] == "succeeded", op
+    vol = (await api.get("/v1/volumes/data")).json()
+    assert (vol["state"], vol["vm"]) == ("available", None)
+    assert (await api.delete("/v1/volumes/data")).status_code == 204
+
+
+async def test_running_vm_refuses_live_attach_for_now(api: httpx.AsyncClient) -> None:
+    await make_image(api)
+    await make_vm(api, "a")
+    await create(api, "data")
+    refused = await api.post("/v1/volumes/data/attach", json={"vm": "a"})
+    assert refused.status_code == 409 and "stop it first" in refused.json()["error"]["message"]
+    assert (await api.get("/v1/volumes/data")).json()["state"] == "available"
+
+
+async def test_snapshot_rollback_export_import_round_trip(api: httpx.AsyncClient, services: Services) -> None:
+    vol = await create(api, "data", MIB)
+    store = fake_store(services)
+    original = os.urandom(MIB)
+    store.write(f"vol-{vol['id']}", 0, original)
+    assert (await api.post("/v1/volumes/data/snapshots", json={"name": "s1"})).status_code == 201
+    dup = await api.post("/v1/volumes/data/snapshots", json={"name": "s1"})
+    assert dup.status_code == 409
+    store.write(f"vol-{vol['id']}", 0, b"changed")
+    assert [s["name"] for s in (await api.get("/v1/volumes/data/snapshots")).json()] == ["s1"]
+    assert (await api.get("/v1/volumes/data/export", params={"snapshot": "s1"})).content == original
+    assert (await api.get("/v1/volumes/data/export")).content[:7] == b"changed"
+    assert (await api.post("/v1/volumes/data/snapshots/s1/rollback")).status_code == 204
+    exported = await api.get("/v1/volumes/data/export")
+    assert exported.content == original and exported.headers["content-length"] == str(MIB)
+    imported = await api.put("/v1/volumes/copy/import", content=exported.content)
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["size_bytes"] == MIB
+    assert (await api.get("/v1/volumes/copy/export")).content == original
+    assert (await api.delete("/v1/volumes/data/snapshots/s1")).status_code == 204
+    assert (await api.delete("/v1/volumes/data/snapshots/s1")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"name": "Bad_Name", "size_bytes": MIB}, 422, "bad volume name"),
+        ({"name": "v", "size_bytes": 1000}, 422, "whole number of MiB"),
+        ({"name": "v", "size_bytes": -1}, 422, "size_bytes"),
+        ({"name": "v", "size_bytes": MIB, "pool": "elsewhere"}, 422, "unknown pool"),
+        ({"name": "v", "size_bytes": MIB, "colour": "red"}, 422, "unknown field"),
+        ({"name": "v"}, 422, "size_bytes"),
+    ],
+)
+async def test_bad_create_input(api: httpx.AsyncClient, body: dict, status: int, words: str) -> None:
+    response = await api.post("/v1/volumes", json=body)
+    assert response.status_code == status and words in response.json()["error"]["message"]
+    assert (await api.get("/v1/volumes")).json() == []
+
+
+async def test_bad_requests_leave_nothing_half_made(api: httpx.AsyncClient, services: Services) -> None:
+    await create(api, "data")
+    dup = await api.post("/v1/volumes", json={"name": "data", "size_bytes": MIB})
+    assert dup.status_code == 409
+    fake_store(services).fail_volume = "pool is full"
+    failed = await api.post("/v1/volumes", json={"name": "other", "size_bytes": MIB})
+    assert failed.status_code == 422 and "pool is full" in failed.json()["error"]["message"]
+    assert [v["name"] for v in (await api.get("/v1/volumes")).json()] == ["data"]
+    assert (await api.post("/v1/volumes/nope/attach", json={"vm": "x"})).status_code == 404
+    assert (await api.post("/v1/volumes/data/attach", json={"vm": "x"})).status_code == 404
+    assert (await api.post("/v1/volumes/data/snapshots", json={"name": "../x"})).status_code == 422
+    assert (await api.post("/v1/volumes/data/snapshots/nope/rollback")).status_code == 404
+    assert (await api.get("/v1/volumes/data/export", params={"snapshot": "nope"})).status_code == 404
+    empty = await api.put("/v1/volumes/copy/import", content=b"")
+    assert empty.status_code == 422
+    odd = await api.put("/v1/volumes/copy/import", content=b"x" * 1000)
+    assert odd.status_code == 422 and "512-byte" in odd.json()["error"]["message"]
+    clash = await api.put("/v1/volumes/data/import", content=b"x" * 512)
+    assert clash.status_code == 409
+    assert [v["name"] for v in (await api.get("/v1/volumes")).json()] == ["data"]
+    assert len(fake_store(services).disks) == 1
