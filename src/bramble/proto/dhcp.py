@@ -116,6 +116,7 @@ RELAY_CIRCUIT_ID = 1
 RELAY_REMOTE_ID = 2
 
 _ZERO = IPv4Address(0)
+_ZERO_PACKED = bytes(4)
 
 
 class DhcpDecodeError(ValueError):
@@ -408,33 +409,44 @@ def decode(data: bytes) -> DhcpPacket:
 # --- encode ----------------------------------------------------------------------------------------
 
 
-def _ordered_options(options: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
-    """53 first and 54 second: some PXE ROMs read only the first options; the rest as given."""
-    first = [(c, options[c]) for c in (OPT_MESSAGE_TYPE, OPT_SERVER_ID) if c in options]
-    rest = [(c, v) for c, v in options.items() if c not in (OPT_MESSAGE_TYPE, OPT_SERVER_ID)]
-    return first + rest
-
-
 def _encode_options(options: Mapping[int, bytes]) -> bytes:
     out = bytearray()
-    for code, value in _ordered_options(options):
+    # 53 first and 54 second (some PXE ROMs read only the first options), then the rest as given, in
+    # one pass without building lists: one reply is encoded per packet served.
+    for code in (OPT_MESSAGE_TYPE, OPT_SERVER_ID):
+        value = options.get(code)
+        if value is not None:
+            _append_option(out, code, value)
+    for code, value in options.items():
+        if code in (OPT_MESSAGE_TYPE, OPT_SERVER_ID):
+            continue
         if not 0 < code < 255:
             raise DhcpEncodeError(f"option code {code} is not an encodable option (1..254)")
         if code == OPT_OVERLOAD:
             raise DhcpEncodeError("option 52 (overload) is managed by the codec, not set by callers")
         size = len(value)
-        if size <= 255:  # the common case, kept cheap: one reply is encoded per packet served
+        if size <= 255:  # the common case, inline
             out.append(code)
             out.append(size)
             out += value
-            continue
-        # RFC 3396: split anything over 255 bytes into consecutive options with the same code.
-        value = bytes(value)
-        for i in range(0, size, 255):
-            chunk = value[i : i + 255]
-            out += bytes((code, len(chunk))) + chunk
+        else:
+            _append_option(out, code, value)
     out.append(OPT_END)
     return bytes(out)
+
+
+def _append_option(out: bytearray, code: int, value: bytes) -> None:
+    size = len(value)
+    if size <= 255:
+        out.append(code)
+        out.append(size)
+        out += value
+        return
+    # RFC 3396: split anything over 255 bytes into consecutive options with the same code.
+    value = bytes(value)
+    for i in range(0, size, 255):
+        chunk = value[i : i + 255]
+        out += bytes((code, len(chunk))) + chunk
 
 
 def encode(packet: DhcpPacket, max_size: int | None = None) -> bytes:
@@ -450,9 +462,11 @@ def encode(packet: DhcpPacket, max_size: int | None = None) -> bytes:
         raise DhcpEncodeError(f"bad hlen {packet.hlen}")
     chaddr = bytes(packet.chaddr)
     sname, file = _text_field(packet.sname), _text_field(packet.file)
-    for name, value, size in (("chaddr", chaddr, 16), ("sname", sname, 64), ("file", file, 128)):
-        if len(value) > size:
-            raise DhcpEncodeError(f"{name} is {len(value)} bytes, the field holds {size}")
+    if len(chaddr) > 16 or len(sname) > 64 or len(file) > 128:
+        for name, value, size in (("chaddr", chaddr, 16), ("sname", sname, 64), ("file", file, 128)):
+            if len(value) > size:
+                raise DhcpEncodeError(f"{name} is {len(value)} bytes, the field holds {size}")
+    ciaddr, yiaddr, siaddr, giaddr = packet.ciaddr, packet.yiaddr, packet.siaddr, packet.giaddr
     try:
         header = _HEADER.pack(
             packet.op,
@@ -462,10 +476,10 @@ def encode(packet: DhcpPacket, max_size: int | None = None) -> bytes:
             packet.xid,
             packet.secs,
             packet.flags,
-            packet.ciaddr.packed,
-            packet.yiaddr.packed,
-            packet.siaddr.packed,
-            packet.giaddr.packed,
+            _ZERO_PACKED if ciaddr is _ZERO else ciaddr.packed,
+            _ZERO_PACKED if yiaddr is _ZERO else yiaddr.packed,
+            _ZERO_PACKED if siaddr is _ZERO else siaddr.packed,
+            _ZERO_PACKED if giaddr is _ZERO else giaddr.packed,
             chaddr,
             sname,
             file,
