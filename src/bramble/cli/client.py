@@ -214,6 +214,36 @@ class Client:
         except OSError as exc:  # raised by the generator while httpx pulls from it
             raise CliError(f"cannot read {file}: {exc.strerror or exc}") from None
 
+    def download(
+        self,
+        path: str,
+        write: Callable[[bytes], object],
+        *,
+        params: Mapping[str, str] | None = None,
+        on_total: Callable[[int | None], None] = lambda _: None,
+    ) -> int:
+        """GET a raw body in chunks into ``write``; ``on_total`` hears Content-Length first."""
+        written = 0
+        try:
+            with self._http.stream("GET", path, params=params, headers=self._auth(), timeout=SLOW_TIMEOUT) as response:
+                if not response.is_success:
+                    response.read()
+                    raise _api_error(response)
+                length = response.headers.get("content-length")
+                on_total(int(length) if length and length.isdigit() else None)
+                for chunk in response.iter_bytes(CHUNK_SIZE):
+                    write(chunk)
+                    written += len(chunk)
+        except httpx.ConnectError:
+            raise CliError(
+                f"the API at {self.config.url} is unreachable (is brambled running? try `make up`)"
+            ) from None
+        except httpx.TimeoutException:
+            raise CliError(f"the API at {self.config.url} did not answer in time") from None
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            raise CliError(f"download from {self.config.url} failed: {_one_line(str(exc))}") from None
+        return written
+
 
 def _api_error(response: httpx.Response) -> ApiError:
     status = response.status_code
