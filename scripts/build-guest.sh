@@ -12,6 +12,10 @@
 #     bramble.net=dhcp    run `udhcpc -i eth0`, print BRAMBLE-GUEST-NET ip=... router=...
 #                         (or BRAMBLE-GUEST-NET failed), then ping the router 3 times and print
 #                         BRAMBLE-GUEST-PING ok|failed router=...; both before BRAMBLE-GUEST-UP
+#     bramble.cloudinit=on  mount the CD-ROM labelled cidata and print BRAMBLE-GUEST-CIDATA ok|missing
+#                         and each user-data line as BRAMBLE-GUEST-USERDATA <line>; with bramble.net=dhcp
+#                         also fetch from 169.254.169.254 and print BRAMBLE-GUEST-META instance-id=...
+#                         and BRAMBLE-GUEST-META openssh-key=... (none when not answered)
 #
 # Packages are fetched with `apt-get download` under a PRIVATE apt configuration
 # (its own sources.list, lists and cache under $BRAMBLE_GUEST_CACHE), so the host's
@@ -41,7 +45,7 @@ case $ARCH_IN in
   *) die "unsupported architecture '$ARCH_IN' (supported: x86_64, aarch64, armv7, ppc64le, s390x, mips64el, mips)" ;;
 esac
 # modules /init loads when present (built-in or missing ones are skipped)
-WANT_MODS="button evdev gpio_keys virtio_pci virtio_blk virtio_scsi sd_mod sr_mod virtio_net"
+WANT_MODS="button evdev gpio_keys virtio_pci virtio_blk virtio_scsi sd_mod sr_mod virtio_net ata_piix isofs nls_utf8"
 
 for tool in apt-get apt-cache dpkg-deb cpio gzip qemu-img flock sha256sum; do
   command -v $tool >/dev/null || die "'$tool' is not installed"
@@ -209,9 +213,11 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done </etc/modules.load
 acpid=on
 net=off
+cloudinit=off
 for w in $(cat /proc/cmdline); do
   case $w in
     bramble.acpid=*) acpid=${w#bramble.acpid=} ;;
+    bramble.cloudinit=*) cloudinit=${w#bramble.cloudinit=} ;;
     bramble.net=*) net=${w#bramble.net=} ;;
   esac
 done
@@ -229,6 +235,20 @@ if [ "$acpid" = on ] && ls /dev/input/event* >/dev/null 2>&1; then
   done
 fi
 echo "BRAMBLE-GUEST-DISKS $(ls /sys/block | grep -v -e '^loop' -e '^ram' | tr '\n' ' ')"
+if [ "$cloudinit" = on ]; then
+  seed=missing
+  mkdir -p /mnt/cidata
+  for dev in /dev/sr* /dev/vd* /dev/sd*; do
+    [ -b "$dev" ] || continue
+    # the ISO 9660 volume label (busybox-static has no blkid): 32 bytes at 0x8028
+    [ "$(dd if="$dev" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' ')" = cidata ] || continue
+    if mount -t iso9660 -o ro "$dev" /mnt/cidata; then seed=ok; break; fi
+  done
+  echo "BRAMBLE-GUEST-CIDATA $seed"
+  if [ "$seed" = ok ]; then
+    while IFS= read -r line || [ -n "$line" ]; do echo "BRAMBLE-GUEST-USERDATA $line"; done </mnt/cidata/user-data
+  fi
+fi
 if [ "$net" = dhcp ]; then
   ip link set lo up
   ip link set eth0 up
@@ -237,6 +257,12 @@ if [ "$net" = dhcp ]; then
     echo "BRAMBLE-GUEST-NET ip=$ip router=$router"
     if ping -c 3 -W 3 "$router"; then result=ok; else result=failed; fi
     echo "BRAMBLE-GUEST-PING $result router=$router"
+    if [ "$cloudinit" = on ]; then
+      md=http://169.254.169.254/latest/meta-data
+      # (busybox-static's wget crashes on -T: bound it with timeout instead)
+      echo "BRAMBLE-GUEST-META instance-id=$(timeout 20 wget -q -O - $md/instance-id || echo none)"
+      echo "BRAMBLE-GUEST-META openssh-key=$(timeout 20 wget -q -O - $md/public-keys/0/openssh-key || echo none)"
+    fi
   else
     echo "BRAMBLE-GUEST-NET failed"
   fi
