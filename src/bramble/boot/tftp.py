@@ -74,6 +74,7 @@ _GSO_MAX_SEGMENTS, _GSO_MAX_BYTES = 64, 65000  # kernel caps: UDP_MAX_SEGMENTS, 
 # kernel), as opposed to a transient loss like ENOBUFS.
 _GSO_UNSUPPORTED = {errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE}
 _LOW_BYTES = bytes(range(256)) * (_IOV_MAX // 256 + 2)
+_UNKNOWN_END = 1 << 62  # Slabs.last_block before the end of a netascii file is found
 _gso_size = struct.Struct("=H").pack
 
 
@@ -224,9 +225,10 @@ class _Slabs:
         # entry is swapped for a shorter view while its slab is loaded.
         self._packets = [list(whole) for whole in self._whole]
         self._loaded = [-1, -1]
+        self.current: tuple[list[memoryview], int] = ([], -self.per_slab)  # last packets_from()
         # The final block is the first one shorter than blksize (possibly empty). Known from the
         # size for octet; found while reading for netascii (and if an octet file shrinks).
-        self.last_block: int | None = None
+        self.last_block = _UNKNOWN_END
         self.last_len = 0
         if known_size is not None:
             self.last_block, self.last_len = known_size // blksize + 1, known_size % blksize
@@ -246,7 +248,8 @@ class _Slabs:
         which = slab & 1
         if self._loaded[which] != slab:
             self._load(slab, which)
-        return self._packets[which], slab * self.per_slab + 1
+        self.current = self._packets[which], slab * self.per_slab + 1
+        return self.current
 
     def _load(self, slab: int, which: int) -> None:
         first = slab * self.per_slab
@@ -259,7 +262,7 @@ class _Slabs:
         if full < self.per_slab:
             present = full + 1
             end = first + full + 1
-            if self.last_block is None or end < self.last_block:
+            if end < self.last_block:
                 self.last_block, self.last_len = end, short
         view, size = self.views[which], self.packet_size
         # Block numbers for every packet of the slab in two strided writes (high bytes, low bytes)
@@ -267,7 +270,7 @@ class _Slabs:
         span = present * size
         view[2:span:size], view[3:span:size] = _block_number_bytes(first + 1, present)
         packets = self._packets[which] = list(self._whole[which])
-        if self.last_block is not None and 0 <= self.last_block - first - 1 < self.per_slab:
+        if 0 <= self.last_block - first - 1 < self.per_slab:
             index = self.last_block - first - 1
             packets[index] = view[index * size : index * size + 4 + self.last_len]
         self._loaded[which] = slab
@@ -379,13 +382,11 @@ class _Transfer:
         segments = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // size)  # 0 or 1 for big blocks: no GSO
         block = first
         while block <= last:
-            if slabs.last_block is not None and block > slabs.last_block:
+            if block > slabs.last_block:
                 break
             view, offset, length = slabs.locate(block)
             final = slabs.last_block
-            run_end = min(last, ((block - 1) // per_slab + 1) * per_slab)  # same buffer only
-            if final is not None:
-                run_end = min(run_end, final)
+            run_end = min(last, ((block - 1) // per_slab + 1) * per_slab, final)  # one buffer only
             if self._gso and segments > 1 and run_end > block:
                 run_end = min(run_end, block + segments - 1)
                 tail = slabs.last_len if run_end == final else slabs.blksize
@@ -429,6 +430,8 @@ class _Transfer:
         # while the client works (None once the final block is out).
         expected = -1
         following: memoryview | None = None
+        per_slab = slabs.per_slab
+        packets, base = slabs.current  # the slab `following` came from
         dup_resent = False
         _set_receive_timeout(sock, timeout)
         try:
@@ -439,6 +442,7 @@ class _Transfer:
                 sent = self._send_blocks(1, windowsize)
                 if windowsize == 1:
                     expected, following = sent & 0xFFFF, self._packet_after(sent)
+                    packets, base = slabs.current
             while True:
                 try:
                     n = readv(fd, into)
@@ -468,7 +472,13 @@ class _Transfer:
                             except OSError:
                                 pass
                             sent += 1
-                            expected, following = sent & 0xFFFF, self._packet_after(sent)
+                            expected = sent & 0xFFFF
+                            index = sent + 1 - base
+                            if index < per_slab and sent < slabs.last_block:
+                                following = packets[index]  # the usual case: same slab, not the end
+                            else:
+                                following = self._packet_after(sent)
+                                packets, base = slabs.current
                             if attempts:
                                 attempts = 0
                                 if timeout != base_timeout:
@@ -485,6 +495,7 @@ class _Transfer:
                                 sent = self._send_blocks(1, windowsize)
                                 if windowsize == 1:
                                     expected, following = sent & 0xFFFF, self._packet_after(sent)
+                                    packets, base = slabs.current
                         elif 0 < delta <= sent - acked:
                             # (With a window; in lock-step this is the fast path above.)
                             acked += delta
@@ -548,10 +559,10 @@ class _Transfer:
         stays where it is.
         """
         slabs, block = self._slabs, sent + 1
-        if slabs.last_block is not None and block > slabs.last_block:
+        if block > slabs.last_block:
             return None
         packets, base = slabs.packets_from(block)
-        if slabs.last_block is not None and block > slabs.last_block:
+        if block > slabs.last_block:
             return None
         return packets[block - base]
 

@@ -26,7 +26,7 @@ def _walk(slabs: _Slabs) -> list[tuple[int, bytes]]:
     """(block number on the wire, payload) for every block, fetched the way a transfer does."""
     out = []
     block = 1
-    while slabs.last_block is None or block <= slabs.last_block:
+    while block <= slabs.last_block:  # a huge sentinel until the end of a netascii file is found
         packets, base = slabs.packets_from(block)
         packet = bytes(packets[block - base])
         view, offset, length = slabs.locate(block)
