@@ -10,6 +10,7 @@ a ``BootChooser`` (``bramble.boot.pxe.PxePolicy.choose``). The server classes on
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import logging
 import socket
@@ -109,7 +110,17 @@ _DEFAULT_OPTIONS = (OPT_SUBNET_MASK, OPT_ROUTER, OPT_DNS_SERVERS, OPT_HOSTNAME)
 _ESSENTIAL = frozenset(
     {OPT_MESSAGE_TYPE, OPT_SERVER_ID, OPT_LEASE_TIME, OPT_RENEWAL_TIME, OPT_REBINDING_TIME, OPT_SUBNET_MASK, 82}
 )
-_BATCH = 64  # datagrams read per wake-up of the event loop
+# Overload control. Under overload a FIFO socket queue collapses the ACK rate: new DISCOVERs crowd out the
+# REQUESTs for offers already made, so the work spent on those offers is wasted and fewer DORAs finish the
+# more clients arrive. So each wake-up drains the socket (reading costs a few microseconds, answering a
+# hundred), answers everything but DISCOVERs at once, and queues DISCOVERs, answered a batch per loop turn;
+# a DISCOVER that waited longer than ``_STALE_DISCOVER`` is shed (counted), since its client will have
+# retried. Without overload the queue is empty by the end of the same wake-up.
+_DRAIN_LIMIT = 512  # datagrams read per wake-up of the event loop
+_DISCOVER_BATCH = 32  # queued DISCOVERs answered per loop turn
+_STALE_DISCOVER = 0.5  # seconds
+_BACKLOG_LIMIT = 8192  # queued DISCOVERs; the oldest are shed beyond it
+_DISCOVER_PREFIX = b"\x35\x01\x01"  # option 53 = DISCOVER as the first option (what clients send)
 _BROADCAST_STR = "255.255.255.255"
 _REPLY_COUNTER = {DHCPOFFER: "offers", DHCPACK: "acks", DHCPNAK: "naks"}
 _PXE_SUB_BOOT_ITEM = 71  # PXE 2.1 option 43 sub-option: boot server type and layer (4011 exchange)
@@ -530,6 +541,7 @@ def _udp_socket(host: str, port: int, interface: str | None) -> socket.socket:
 
 
 DecideFn = Callable[[DhcpPacket, PxeClient], Decision]
+DatagramHandler = Callable[[bytes, tuple[str, int]], None]
 
 
 class _Endpoint:
@@ -551,13 +563,16 @@ class _Endpoint:
         self.client_port, self.relay_port = client_port, relay_port
         self._on_event, self._clock = on_event, clock
         self.stats: dict[str, int] = dict.fromkeys(
-            ("received", "malformed", "replies", "offers", "acks", "naks", "ignored", "errors"), 0
+            ("received", "malformed", "replies", "offers", "acks", "naks", "ignored", "errors", "shed"), 0
         )
         self._sockets: list[socket.socket] = []
+        # Queued DISCOVERs: (read at, handler, datagram, sender); see _DRAIN_LIMIT.
+        self._discovers: collections.deque[tuple[float, DatagramHandler, bytes, tuple[str, int]]] = collections.deque()
+        self._discover_turn: asyncio.Handle | None = None
         self._malformed_logged_at = 0.0
         self._malformed_unlogged = 0
 
-    async def _listen(self, port: int, handler: Callable[[bytes, tuple[str, int]], None]) -> int:
+    async def _listen(self, port: int, handler: DatagramHandler) -> int:
         """Read with our own reader: asyncio's datagram transport takes one packet per loop iteration,
         which at thousands of packets a second spends more time in epoll than in DHCP."""
         sock = _udp_socket(self.host, port, self.interface)
@@ -565,19 +580,51 @@ class _Endpoint:
         self._sockets.append(sock)
         return int(sock.getsockname()[1])
 
-    def _drain(self, sock: socket.socket, handler: Callable[[bytes, tuple[str, int]], None]) -> None:
-        for _ in range(_BATCH):
+    def _drain(self, sock: socket.socket, handler: DatagramHandler) -> None:
+        queue = self._discovers
+        read_at = 0.0
+        for _ in range(_DRAIN_LIMIT):
             try:
                 data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # e.g. ICMP errors reported on the socket: not fatal
                 log.debug("dhcp: receive error: %s", exc)
+                break
+            if data[240:243] == _DISCOVER_PREFIX:
+                if not read_at:
+                    read_at = time.monotonic()
+                queue.append((read_at, handler, data, addr))
+            else:
+                handler(data, addr)  # REQUESTs first: they finish exchanges we already spent an offer on
+        while len(queue) > _BACKLOG_LIMIT:
+            queue.popleft()
+            self.stats["shed"] += 1
+        if queue and self._discover_turn is None:
+            self._answer_discovers()
+
+    def _answer_discovers(self) -> None:
+        """Answer up to ``_DISCOVER_BATCH`` queued DISCOVERs, shedding stale ones; the rest next loop turn."""
+        self._discover_turn = None
+        queue = self._discovers
+        oldest = time.monotonic() - _STALE_DISCOVER
+        for _ in range(_DISCOVER_BATCH):
+            if not queue:
                 return
+            read_at, handler, data, addr = queue.popleft()
+            if read_at < oldest:
+                self.stats["shed"] += 1
+                continue
             handler(data, addr)
+        if queue:
+            self._discover_turn = asyncio.get_running_loop().call_soon(self._answer_discovers)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._discover_turn is not None:
+            self._discover_turn.cancel()
+            self._discover_turn = None
+        self._discovers.clear()
         for sock in self._sockets:
             loop.remove_reader(sock.fileno())
             sock.close()
