@@ -18,6 +18,7 @@ from bramble.core.deps import CoreDeps
 from bramble.core.networks import attachments_by_vm
 from bramble.core.secgroups import SecurityGroupService
 from bramble.core.vms import state_name, vm_spec
+from bramble.core.volumes import volumes_by_vm
 from bramble.db.models import ImageRow, NodeRow, VmRow, utcnow
 from bramble.network.secgroups import SecurityGroup
 
@@ -81,9 +82,10 @@ class NodeService:
                 )
             ).all()
             nics = await attachments_by_vm(session, [vm.id for vm, _ in rows])
+            volumes = await volumes_by_vm(session, [vm.id for vm, _ in rows])
         return [
             DesiredVm(
-                spec=vm_spec(vm, image, nics.get(vm.id, [])),
+                spec=vm_spec(vm, image, nics.get(vm.id, []), volumes.get(vm.id, [])),
                 desired_state=vm.desired_state,
                 disk_id=vm.id,
             )
@@ -102,12 +104,13 @@ class NodeService:
                 )
             ).first()
             nics = await attachments_by_vm(session, [vm_id])
+            volumes = await volumes_by_vm(session, [vm_id])
         if row is None:
             return None
         vm, image = row
         if vm.state in TRANSITIONAL or self.deps.runner.is_busy(f"vm/{vm.name}"):
             return None
-        spec = vm_spec(vm, image, nics.get(vm.id, []))
+        spec = vm_spec(vm, image, nics.get(vm.id, []), volumes.get(vm.id, []))
         return DesiredVm(spec=spec, desired_state=vm.desired_state, disk_id=vm.id)
 
     async def known_vm_ids(self, node: str) -> set[str]:

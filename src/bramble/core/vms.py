@@ -36,6 +36,7 @@ from bramble.core.images import stored_image
 from bramble.core.networks import NetworkService, NicRequest, attachments_by_vm, nics_by_vm
 from bramble.core.operations import OperationHandle
 from bramble.core.secgroups import SecurityGroupService
+from bramble.core.volumes import attached_volumes
 from bramble.db.models import (
     FlavorRow,
     ImageRow,
@@ -86,12 +87,18 @@ def vm_summary(row: VmRow) -> dict[str, Any]:
     }
 
 
-def vm_spec(row: VmRow, image: ImageRow | None, nics: Sequence[NicAttachment] = ()) -> VmSpec:
+def vm_spec(
+    row: VmRow,
+    image: ImageRow | None,
+    nics: Sequence[NicAttachment] = (),
+    volumes: Sequence[DiskAttachment] = (),
+) -> VmSpec:
     """The driver's view of a VM, derived from its row and image every time (never stored)."""
     disks: list[DiskAttachment] = []
     if row.disk_path:
         # Local disks are qcow2 overlays; RBD clones (``rbd:pool/image...``) are raw images.
         disks.append(DiskAttachment(path=row.disk_path, format="raw" if row.disk_path.startswith("rbd:") else "qcow2"))
+    disks.extend(volumes)  # attached volumes follow the root disk: vdb, vdc, ...
     if image is not None and image.format == "iso" and image.path:
         disks.append(DiskAttachment(path=image.path, format="raw", media="cdrom", readonly=True))
     return VmSpec(
@@ -148,7 +155,8 @@ class VmService:
         """The driver's view of a VM with its NICs read fresh."""
         async with self.deps.db.read() as session:
             nics = (await attachments_by_vm(session, [row.id])).get(row.id, [])
-        return vm_spec(row, image, nics)
+            volumes = await attached_volumes(session, row.id)
+        return vm_spec(row, image, nics, volumes)
 
     def _gateway(self, row: VmRow) -> NodeGateway:
         if row.node is None:

@@ -14,7 +14,9 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from bramble.compute.driver import DiskAttachment
 from bramble.core.context import RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NotFound
@@ -43,6 +45,31 @@ def volume_summary(row: VolumeRow) -> dict[str, Any]:
 def disk_id_of(row: VolumeRow) -> str:
     """Volume disks live beside VM disks; the prefix keeps the two id spaces apart."""
     return f"vol-{row.id}"
+
+
+def volume_disk(row: VolumeRow) -> DiskAttachment:
+    assert row.path is not None
+    return DiskAttachment(path=row.path, format=row.format)
+
+
+async def volumes_by_vm(session: AsyncSession, vm_ids: list[str]) -> dict[str, list[DiskAttachment]]:
+    """The volumes each VM has attached, oldest attachment first (stable guest order)."""
+    result: dict[str, list[DiskAttachment]] = {}
+    if not vm_ids:
+        return result
+    rows = await session.scalars(
+        select(VolumeRow)
+        .where(VolumeRow.vm_id.in_(vm_ids), VolumeRow.path.is_not(None))
+        .order_by(VolumeRow.updated_at, VolumeRow.id)
+    )
+    for row in rows:
+        assert row.vm_id is not None
+        result.setdefault(row.vm_id, []).append(volume_disk(row))
+    return result
+
+
+async def attached_volumes(session: AsyncSession, vm_id: str) -> list[DiskAttachment]:
+    return (await volumes_by_vm(session, [vm_id])).get(vm_id, [])
 
 
 class VolumeService:

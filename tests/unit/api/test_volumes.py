@@ -65,6 +65,22 @@ async def test_attach_moves_between_vms_and_blocks_delete(api: httpx.AsyncClient
     assert fake_store(services).disks.keys().isdisjoint({"vol-" + attached.json()["id"]})
 
 
+async def test_a_stopped_vm_gets_its_volumes_at_next_start(api: httpx.AsyncClient, services: Services) -> None:
+    await make_image(api)
+    vm = await make_vm(api, "a", start=False)
+    first = await create(api, "first")
+    second = await create(api, "second")
+    for name in ("first", "second"):
+        assert (await api.post(f"/v1/volumes/{name}/attach", json={"vm": "a"})).status_code == 200
+    started = await api.post("/v1/vms/a/actions/start")
+    assert started.status_code == 202, started.text
+    assert (await wait_operation(api, started.json()["operation"]["id"]))["status"] == "succeeded"
+    spec = services.agent.compute.vms[vm["id"]].spec  # type: ignore[union-attr, attr-defined]
+    assert [d.path for d in spec.disks[1:]] == [f"fake://disks/vol-{first['id']}", f"fake://disks/vol-{second['id']}"]
+    desired = await services.cloud.nodes.desired_vm("node-1", vm["id"])
+    assert desired is not None and desired.spec.disks == spec.disks
+
+
 async def test_deleting_the_vm_frees_its_volume(api: httpx.AsyncClient) -> None:
     await make_image(api)
     await make_vm(api, "a", start=False)
