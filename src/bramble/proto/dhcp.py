@@ -162,8 +162,12 @@ class DhcpPacket:
         # Normalise to the decoded form so that ``decode(encode(p)) == p``.
         if type(self.chaddr) is not bytes or len(self.chaddr) != 16:
             self.chaddr = bytes(self.chaddr).ljust(16, b"\0")
-        self.sname = _text_field(self.sname)
-        self.file = _text_field(self.file)
+        # Inline test of _text_field's fast path: two packets are built per packet served.
+        sname, file = self.sname, self.file
+        if type(sname) is not bytes or sname.endswith(b"\0"):
+            self.sname = _text_field(sname)
+        if type(file) is not bytes or file.endswith(b"\0"):
+            self.file = _text_field(file)
 
     # --- header helpers ---
 
@@ -461,7 +465,11 @@ def encode(packet: DhcpPacket, max_size: int | None = None) -> bytes:
     if not 0 <= packet.hlen <= 16:
         raise DhcpEncodeError(f"bad hlen {packet.hlen}")
     chaddr = bytes(packet.chaddr)
-    sname, file = _text_field(packet.sname), _text_field(packet.file)
+    sname, file = packet.sname, packet.file
+    if type(sname) is not bytes or sname.endswith(b"\0"):  # set directly after construction
+        sname = _text_field(sname)
+    if type(file) is not bytes or file.endswith(b"\0"):
+        file = _text_field(file)
     if len(chaddr) > 16 or len(sname) > 64 or len(file) > 128:
         for name, value, size in (("chaddr", chaddr, 16), ("sname", sname, 64), ("file", file, 128)):
             if len(value) > size:
@@ -595,8 +603,8 @@ def reply_to(
         siaddr=_ZERO if siaddr is None else _as_ip(siaddr),
         giaddr=request.giaddr,
         chaddr=request.chaddr,
-        sname=_text_field(sname),
-        file=_text_field(file),
+        sname=sname,  # normalised by DhcpPacket
+        file=file,
         options=opts,
         client_max_size=max_reply_size(request),
     )
