@@ -38,7 +38,9 @@ def test_guest_reads_its_seed_and_only_its_own_metadata(
 
     g1 = json.loads(d.ok("vm", "create", "g1", "-i", "ciguest", *SIZE, "--net", "lan", "--key", "k1",
                          "--user-data", str(user_data), "--json"))  # fmt: skip
-    g2 = json.loads(d.ok("vm", "create", "g2", "-i", "ciguest", *SIZE, "--net", "lan", "--json"))
+    # g2's only group allows nothing: the metadata service (like DHCP) must be reachable all the same
+    d.ok("secgroup", "create", "closed")
+    g2 = json.loads(d.ok("vm", "create", "g2", "-i", "ciguest", *SIZE, "--net", "lan", "-g", "closed", "--json"))
     assert g1["state"] == g2["state"] == "running", (g1, g2)
     assert (d.state_dir / "seeds" / f"{g1['id']}.iso").is_file()
     assert not (d.state_dir / "seeds" / f"{g2['id']}.iso").exists()
@@ -56,6 +58,7 @@ def test_guest_reads_its_seed_and_only_its_own_metadata(
     assert f"BRAMBLE-GUEST-META openssh-key={key['public_key']}" in first, first[-3000:]
 
     assert "BRAMBLE-GUEST-CIDATA missing" in second, second[-3000:]
+    assert "BRAMBLE-GUEST-PING failed" in second, second[-3000:]  # the closed group does hold
     assert f"BRAMBLE-GUEST-META instance-id={g2['id']}" in second, second[-3000:]
     assert "BRAMBLE-GUEST-META openssh-key=none" in second, second[-3000:]
     assert g1["id"] not in second and key["public_key"].split()[1] not in second
@@ -70,4 +73,5 @@ def test_guest_reads_its_seed_and_only_its_own_metadata(
     assert not (d.state_dir / "seeds" / f"{g1['id']}.iso").exists()
     assert re.search(r"keypair\s+k1|k1", d.ok("keypair", "list"))
     d.ok("keypair", "delete", "k1")
+    d.ok("secgroup", "delete", "closed")
     d.ok("net", "delete", "lan")

@@ -249,9 +249,11 @@ def _security_tail(policies: Sequence[SecurityPolicy]) -> list[Command]:
         "input": [
             established,
             [invalid, ours_in, {"drop": None}],
-            # DHCP to the host's server and the metadata service (DNATed to the host) are always allowed
+            # DHCP to the host's server and the metadata service (DNATed to the host) are always allowed;
+            # after the DNAT the port is the listener's, so only the original address is matched (only
+            # the metadata DNAT brings a packet for 169.254.169.254 to this host)
             [ours_in, _match(_payload("udp", "dport"), DHCP_SERVER_PORT), {"accept": None}],
-            [ours_in, _match(metadata, str(METADATA_ADDRESS)), _match(_payload("tcp", "dport"), 80), {"accept": None}],
+            [ours_in, _match(metadata, str(METADATA_ADDRESS)), _match(_meta("l4proto"), "tcp"), {"accept": None}],
             [egress],
         ],
         "output": [
