@@ -468,6 +468,10 @@ def _lease_seconds(request: DhcpPacket, config: DhcpConfig) -> int:
     return config.lease_seconds
 
 
+# Encoded options 51, 58 and 59 per lease length: nearly every reply uses the configured one.
+_LEASE_TIMES: dict[int, tuple[bytes, bytes, bytes]] = {}
+
+
 def _reply(
     request: DhcpPacket,
     config: DhcpConfig,
@@ -479,9 +483,12 @@ def _reply(
     available = _available_options(request, config)
     options: dict[int, bytes] = {}
     if lease_seconds is not None:  # not for INFORM: RFC 2131 4.3.5
-        options[OPT_LEASE_TIME] = option_u32(lease_seconds)
-        options[OPT_RENEWAL_TIME] = option_u32(lease_seconds // 2)
-        options[OPT_REBINDING_TIME] = option_u32(lease_seconds * 7 // 8)
+        times = _LEASE_TIMES.get(lease_seconds)
+        if times is None:
+            times = (option_u32(lease_seconds), option_u32(lease_seconds // 2), option_u32(lease_seconds * 7 // 8))
+            if len(_LEASE_TIMES) < 1024:  # clients may ask for any shorter lease: keep the cache bounded
+                _LEASE_TIMES[lease_seconds] = times
+        options[OPT_LEASE_TIME], options[OPT_RENEWAL_TIME], options[OPT_REBINDING_TIME] = times
     for code in request.options.get(OPT_PARAM_REQUEST_LIST, b""):  # in the client's order
         value = available.get(code)
         if value is not None:
