@@ -295,6 +295,18 @@ class Agent:
         self._restart_failures.pop(spec.vm_id, None)
         return runtime
 
+    async def attach_volume(self, vm_id: str, disk: DiskAttachment) -> None:
+        async with self._lock(vm_id):
+            await self.compute.attach_disk(vm_id, disk)
+
+    async def detach_volume(self, vm_id: str, node_name: str) -> None:
+        async with self._lock(vm_id):
+            await self.compute.detach_disk(vm_id, node_name)
+
+    async def grow_volume(self, vm_id: str, node_name: str, size_bytes: int) -> None:
+        async with self._lock(vm_id):
+            await self.compute.grow_disk(vm_id, node_name, size_bytes)
+
     async def stop_vm(self, vm_id: str, *, force: bool, timeout: float | None = None) -> VmRuntime:
         async with self._lock(vm_id):
             return await self.compute.stop(

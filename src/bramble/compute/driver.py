@@ -29,6 +29,9 @@ class DiskAttachment:
     format: str = "qcow2"  # qcow2 | raw
     media: str = "disk"  # disk | cdrom
     readonly: bool = False
+    # The hypervisor's name for the disk (volumes: stable, so a live detach can find it);
+    # None: named by position.
+    node_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,18 @@ class ComputeDriver(ABC):
 
     async def close(self) -> None:
         """Release connections (QMP sockets); leaves VMs running."""
+
+    async def attach_disk(self, vm_id: str, disk: DiskAttachment) -> None:
+        """Hot-plug ``disk`` (its ``node_name`` set) into a running VM as the next virtio disk."""
+        raise ComputeError(f"the {self.name} compute driver cannot hot-plug disks")
+
+    async def detach_disk(self, vm_id: str, node_name: str, *, timeout: float = 30.0) -> None:
+        """Unplug a disk; waits (up to ``timeout``) for the guest to let go of it."""
+        raise ComputeError(f"the {self.name} compute driver cannot hot-unplug disks")
+
+    async def grow_disk(self, vm_id: str, node_name: str, size_bytes: int) -> None:
+        """Grow an attached disk through the hypervisor, so the guest sees the new size at once."""
+        raise ComputeError(f"the {self.name} compute driver cannot resize attached disks")
 
 
 @dataclass(frozen=True)

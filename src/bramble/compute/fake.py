@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bramble.compute.arch import UnknownArch, canonical_arch
-from bramble.compute.driver import ComputeDriver, ComputeError, PowerState, VmRuntime, VmSpec
+from bramble.compute.driver import ComputeDriver, ComputeError, DiskAttachment, PowerState, VmRuntime, VmSpec
 
 _pids = itertools.count(200_000)  # unique across instances, like real PIDs on one host
 
@@ -50,6 +50,7 @@ class FakeComputeDriver(ComputeDriver):
         console_dir: Path | None = None,
     ) -> None:
         self.vms: dict[str, FakeVm] = {} if vms is None else vms
+        self.grown: dict[tuple[str, str], int] = {}  # (vm, disk node) -> size after grow_disk
         self.fail_start: dict[str, str] = dict(fail_start or {})
         self.ignore_powerdown: set[str] = set(ignore_powerdown or ())
         self.console_dir = console_dir
@@ -178,6 +179,24 @@ class FakeComputeDriver(ComputeDriver):
         self.closed = True
 
     # ------------------------------------------------------------------ simulation
+
+    async def attach_disk(self, vm_id: str, disk: DiskAttachment) -> None:
+        vm = self._require(vm_id)
+        if vm.state != PowerState.RUNNING:
+            raise ComputeError(f"vm {vm_id} is not running")
+        if any(d.node_name == disk.node_name for d in vm.spec.disks):
+            raise ComputeError(f"vm {vm_id} already has a disk {disk.node_name}")
+        vm.spec = dataclasses.replace(vm.spec, disks=(*vm.spec.disks, disk))
+
+    async def detach_disk(self, vm_id: str, node_name: str, *, timeout: float = 30.0) -> None:
+        vm = self._require(vm_id)
+        vm.spec = dataclasses.replace(vm.spec, disks=tuple(d for d in vm.spec.disks if d.node_name != node_name))
+
+    async def grow_disk(self, vm_id: str, node_name: str, size_bytes: int) -> None:
+        vm = self._require(vm_id)
+        if not any(d.node_name == node_name for d in vm.spec.disks):
+            raise ComputeError(f"vm {vm_id} has no disk {node_name}")
+        self.grown[(vm_id, node_name)] = size_bytes
 
     async def crash(self, vm_id: str, reason: str = "qemu exited unexpectedly") -> VmRuntime:
         """The process dies on its own (what the QEMU driver reports as CRASHED)."""

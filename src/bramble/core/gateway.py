@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 from bramble.boot.records import InventoryProblem, Machine, Profile, WriteResult
-from bramble.compute.driver import ConsoleData, VmRuntime, VmSpec
+from bramble.compute.driver import ConsoleData, DiskAttachment, VmRuntime, VmSpec
 from bramble.storage.driver import StoredDisk, StoredImage
 
 
@@ -32,6 +32,15 @@ class NodeGateway(Protocol):
         """Hard stop and clean up every runtime file, console log included."""
 
     async def read_console(self, vm_id: str, offset: int | None, tail: int) -> ConsoleData: ...
+
+    async def attach_volume(self, vm_id: str, disk: DiskAttachment) -> None:
+        """Hot-plug a volume's disk (``node_name`` set) into a running VM."""
+
+    async def detach_volume(self, vm_id: str, node_name: str) -> None:
+        """Hot-unplug; returns once the guest has let go of the disk."""
+
+    async def grow_volume(self, vm_id: str, node_name: str, size_bytes: int) -> None:
+        """Grow an attached disk through the hypervisor so the guest sees the new size."""
 
     async def refresh_security(self) -> None:
         """Re-apply this node's firewall from the control plane's current groups and members."""

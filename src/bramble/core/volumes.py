@@ -20,6 +20,7 @@ from bramble.compute.driver import DiskAttachment
 from bramble.core.context import RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NotFound
+from bramble.core.gateway import NodeGateway
 from bramble.core.operations import OperationHandle
 from bramble.db.models import VmRow, VolumeRow, utcnow
 from bramble.storage.driver import DiskSnapshot, StorageError, StoredDisk
@@ -47,9 +48,10 @@ def disk_id_of(row: VolumeRow) -> str:
     return f"vol-{row.id}"
 
 
-def volume_disk(row: VolumeRow) -> DiskAttachment:
+def volume_disk(row: VolumeRow, device: str | None = None) -> DiskAttachment:
+    """The disk as QEMU opens it, named by the volume's device so a live detach finds it."""
     assert row.path is not None
-    return DiskAttachment(path=row.path, format=row.format)
+    return DiskAttachment(path=row.path, format=row.format, node_name=device or row.device)
 
 
 async def volumes_by_vm(session: AsyncSession, vm_ids: list[str]) -> dict[str, list[DiskAttachment]]:
@@ -175,17 +177,24 @@ class VolumeService:
         await self.deps.runner.run(ctx, "volume.delete", f"volume/{row.name}", work)
 
     async def resize(self, ctx: RequestContext, ref: str, size_bytes: int) -> VolumeRow:
-        """Grow a detached volume. Growing an attached one needs the hypervisor (not done here)."""
+        """Grow a volume; attached to a running VM, QEMU grows it and the guest sees the new size."""
         async with self.deps.runner.validating(ctx, "volume.resize", f"volume/{ref}"):
             row = await self.get(ref)
             self._check_size(size_bytes)
             if size_bytes < row.size_bytes:
                 raise Invalid(f"volume {row.name!r} is {row.size_bytes} bytes; shrinking to {size_bytes} is refused")
-            await self._refuse_attached(row, "resize")
 
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.before = volume_summary(row)
-            disk = await self._storage(self.store.resize_disk(disk_id_of(row), size_bytes))
+            live = await self._vm(row.vm_id) if row.vm_id else None
+            if live is not None and live.state == "running" and row.device:
+                # QEMU holds the image open: it grows it itself and tells the guest (block_resize).
+                await self._gateway(live).grow_volume(live.id, row.device, size_bytes)
+                disk = StoredDisk(disk_id_of(row), row.path or "", row.format, size_bytes)
+            elif live is not None and live.state not in ("stopped", "error"):
+                raise Conflict(f"VM {live.name!r} is {live.state}; resize while it runs or is stopped")
+            else:
+                disk = await self._storage(self.store.resize_disk(disk_id_of(row), size_bytes))
             await self._set_disk(row.id, disk)
             op.after = volume_summary(await self.get(row.id))
             return {"volume_id": row.id}
@@ -195,7 +204,7 @@ class VolumeService:
 
     # ------------------------------------------------------------------ attach / detach
     async def attach(self, ctx: RequestContext, ref: str, vm_ref: str) -> VolumeRow:
-        """Attach to a stopped VM: it gets the disk at its next start."""
+        """Attach to a running VM (hot-plug) or a stopped one (it gets the disk at its next start)."""
         async with self.deps.runner.validating(ctx, "volume.attach", f"volume/{ref}"):
             row = await self.get(ref)
             async with self.deps.db.read() as session:
@@ -207,8 +216,6 @@ class VolumeService:
                 raise Conflict(f"volume {row.name!r} is {volume_state(row)}")
             if vm.state not in ATTACHABLE_STATES:
                 raise Conflict(f"VM {vm.name!r} is {vm.state}; volumes attach to running or stopped VMs")
-            if vm.state == "running":
-                raise Conflict(f"VM {vm.name!r} is running; live attach is not available yet: stop it first")
 
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.before = volume_summary(row)
@@ -219,6 +226,11 @@ class VolumeService:
                 if current.vm_id is not None:
                     raise Conflict(f"volume {row.name!r} was attached meanwhile")
                 current.vm_id, current.device, current.state = vm.id, device, "attached"
+            op.undo.push("mark the volume detached", lambda: self._mark_detached(row.id))
+            live = await self._vm(vm.id)
+            if live.state == "running":
+                # Hot-plug; a VM that is stopped picks the disk up from its spec at the next start.
+                await self._gateway(live).attach_volume(live.id, volume_disk(row, device))
             op.after = volume_summary(await self.get(row.id))
             return {"volume_id": row.id, "vm_id": vm.id, "device": device}
 
@@ -232,15 +244,16 @@ class VolumeService:
                 raise Conflict(f"volume {row.name!r} is not attached")
             async with self.deps.db.read() as session:
                 vm = await session.get(VmRow, row.vm_id)
-            if vm is not None and vm.state not in ("stopped", "error"):
-                raise Conflict(f"VM {vm.name!r} is {vm.state}; live detach is not available yet: stop it first")
+            if vm is not None and vm.state not in ("running", "stopped", "error"):
+                raise Conflict(f"VM {vm.name!r} is {vm.state}; volumes detach from running or stopped VMs")
 
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.before = volume_summary(row)
-            async with self.deps.db.write() as session:
-                current = await session.get(VolumeRow, row.id)
-                assert current is not None
-                current.vm_id, current.device, current.state = None, None, "available"
+            live = await self._vm(row.vm_id) if row.vm_id else None
+            if live is not None and live.state == "running" and row.device:
+                # The row changes only after the guest let go: a refusal leaves it attached, as it is.
+                await self._gateway(live).detach_volume(live.id, row.device)
+            await self._mark_detached(row.id)
             op.after = volume_summary(await self.get(row.id))
             return {"volume_id": row.id}
 
@@ -377,6 +390,27 @@ class VolumeService:
             raise Invalid(str(exc)) from None
         except NotImplementedError as exc:
             raise Invalid(str(exc)) from None
+
+    async def _vm(self, vm_id: str) -> VmRow:
+        async with self.deps.db.read() as session:
+            vm = await session.get(VmRow, vm_id)
+        if vm is None:
+            raise NotFound(f"VM {vm_id!r} not found")
+        return vm
+
+    def _gateway(self, vm: VmRow) -> NodeGateway:
+        if vm.node is None:
+            raise Conflict(f"VM {vm.name!r} has no node")
+        try:
+            return self.deps.nodes.gateway(vm.node)
+        except LookupError:
+            raise Conflict(f"node {vm.node!r} of VM {vm.name!r} is not reachable") from None
+
+    async def _mark_detached(self, volume_id: str) -> None:
+        async with self.deps.db.write() as session:
+            row = await session.get(VolumeRow, volume_id)
+            if row is not None:
+                row.vm_id, row.device, row.state = None, None, "available"
 
     async def _set_disk(self, volume_id: str, disk: StoredDisk) -> None:
         async with self.deps.db.write() as session:

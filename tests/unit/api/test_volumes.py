@@ -95,13 +95,39 @@ async def test_deleting_the_vm_frees_its_volume(api: httpx.AsyncClient) -> None:
     assert (await api.delete("/v1/volumes/data")).status_code == 204
 
 
-async def test_running_vm_refuses_live_attach_for_now(api: httpx.AsyncClient) -> None:
+async def test_live_attach_resize_detach_on_a_running_vm(api: httpx.AsyncClient, services: Services) -> None:
+    await make_image(api)
+    vm = await make_vm(api, "a")
+    vol = await create(api, "data")
+    compute = services.agent.compute  # type: ignore[union-attr]
+    attached = await api.post("/v1/volumes/data/attach", json={"vm": "a"})
+    assert attached.status_code == 200, attached.text
+    device = attached.json()["device"]
+    disks = compute.vms[vm["id"]].spec.disks  # type: ignore[attr-defined]
+    assert [(d.path, d.node_name) for d in disks[1:]] == [(f"fake://disks/vol-{vol['id']}", device)]
+    grown = await api.post("/v1/volumes/data/resize", json={"size_bytes": 8 * MIB})
+    assert grown.status_code == 200 and grown.json()["size_bytes"] == 8 * MIB
+    assert compute.grown == {(vm["id"], device): 8 * MIB}  # type: ignore[attr-defined]
+    assert (await api.post("/v1/volumes/data/detach")).json()["state"] == "available"
+    assert len(compute.vms[vm["id"]].spec.disks) == 1  # type: ignore[attr-defined]
+
+
+async def test_a_failed_hot_plug_leaves_the_volume_detached(api: httpx.AsyncClient, services: Services) -> None:
     await make_image(api)
     await make_vm(api, "a")
     await create(api, "data")
-    refused = await api.post("/v1/volumes/data/attach", json={"vm": "a"})
-    assert refused.status_code == 409 and "stop it first" in refused.json()["error"]["message"]
-    assert (await api.get("/v1/volumes/data")).json()["state"] == "available"
+    compute = services.agent.compute  # type: ignore[union-attr]
+
+    async def refuse(vm_id: str, disk: object) -> None:
+        from bramble.compute.driver import ComputeError
+
+        raise ComputeError("device_add failed: no free PCI slot")
+
+    compute.attach_disk = refuse  # type: ignore[method-assign]
+    failed = await api.post("/v1/volumes/data/attach", json={"vm": "a"})
+    assert failed.status_code == 500 and "no free PCI slot" in failed.json()["error"]["message"]
+    vol = (await api.get("/v1/volumes/data")).json()
+    assert (vol["state"], vol["vm"], vol["device"]) == ("available", None, None)
 
 
 async def test_snapshot_rollback_export_import_round_trip(api: httpx.AsyncClient, services: Services) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bramble.compute.arch import ArchProfile
-from bramble.compute.driver import VmSpec
+from bramble.compute.driver import DiskAttachment, VmSpec
 
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 DISK_FORMATS = {"qcow2": "qcow2", "raw": "raw", "iso": "raw"}
@@ -145,6 +145,22 @@ def rbd_blockdev(path: str) -> dict[str, str]:
     return options
 
 
+def disk_blockdev(disk: DiskAttachment, node: str) -> dict[str, object]:
+    """The ``-blockdev`` (or QMP ``blockdev-add``) options of one disk: format over file or rbd."""
+    fmt = DISK_FORMATS.get(disk.format)
+    if fmt is None:
+        raise ValueError(f"disk {disk.path}: unsupported format {disk.format!r} (qcow2 or raw)")
+    readonly = disk.readonly or disk.media == "cdrom"
+    if disk.path.startswith(RBD_PREFIX):
+        # opened by QEMU through librbd: no kernel rbd, nbd or device-mapper on the host
+        protocol: dict[str, object] = {**rbd_blockdev(disk.path), "read-only": readonly}
+        if "snapshot" in protocol and not readonly:
+            raise ValueError(f"disk {disk.path}: an RBD snapshot can only be attached read-only")
+    else:
+        protocol = {"driver": "file", "filename": disk.path, "read-only": readonly}
+    return {"driver": fmt, "node-name": node, "read-only": readonly, "file": protocol}
+
+
 def _disk_args(spec: VmSpec, profile: ArchProfile) -> list[str]:
     args: list[str] = []
     scsi_bus: str | None = None
@@ -154,16 +170,8 @@ def _disk_args(spec: VmSpec, profile: ArchProfile) -> list[str]:
             raise ValueError(f"disk {disk.path}: unsupported format {disk.format!r} (qcow2 or raw)")
         if disk.media not in MEDIA:
             raise ValueError(f"disk {disk.path}: unsupported media {disk.media!r} (disk or cdrom)")
-        node = f"disk{index}"
-        readonly = disk.readonly or disk.media == "cdrom"
-        if disk.path.startswith(RBD_PREFIX):
-            # opened by QEMU through librbd: no kernel rbd, nbd or device-mapper on the host
-            protocol: dict[str, object] = {**rbd_blockdev(disk.path), "read-only": readonly}
-            if "snapshot" in protocol and not readonly:
-                raise ValueError(f"disk {disk.path}: an RBD snapshot can only be attached read-only")
-        else:
-            protocol = {"driver": "file", "filename": disk.path, "read-only": readonly}
-        blockdev = {"driver": fmt, "node-name": node, "read-only": readonly, "file": protocol}
+        node = disk.node_name or f"disk{index}"
+        blockdev = disk_blockdev(disk, node)
         # JSON syntax: paths need no escaping
         args += ["-blockdev", json.dumps(blockdev, separators=(",", ":"))]
         if disk.media == "disk":

@@ -29,8 +29,8 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 from qemu.qmp.protocol import Runstate
 
 from bramble.compute.arch import ArchProfile, UnknownArch, canonical_arch, get_profile, host_arch
-from bramble.compute.driver import ComputeDriver, ComputeError, PowerState, VmRuntime, VmSpec
-from bramble.compute.qemu.cmdline import RuntimePaths, build_argv, socket_too_long
+from bramble.compute.driver import ComputeDriver, ComputeError, DiskAttachment, PowerState, VmRuntime, VmSpec
+from bramble.compute.qemu.cmdline import RuntimePaths, build_argv, disk_blockdev, socket_too_long
 
 log = logging.getLogger(__name__)
 
@@ -613,6 +613,63 @@ class QemuDriver(ComputeDriver):
 
     def console_path(self, vm_id: str) -> str:
         return str(self._paths(vm_id).console_log)
+
+    # ------------------------------------------------------------------ disk hot-plug
+    def _running(self, vm_id: str) -> _Vm:
+        vm = self._live(vm_id)
+        if vm is None:
+            raise ComputeError(f"vm {vm_id} is not running on this node")
+        return vm
+
+    async def attach_disk(self, vm_id: str, disk: DiskAttachment) -> None:
+        """blockdev-add (format over file or rbd), then a virtio-blk device on it; undone if the device fails."""
+        if not disk.node_name:
+            raise ComputeError("a hot-plugged disk needs a node name")
+        try:
+            options = disk_blockdev(disk, disk.node_name)
+        except ValueError as exc:
+            raise ComputeError(str(exc)) from None
+        async with self._lock(vm_id):
+            vm = self._running(vm_id)
+            await self._qmp(vm, "blockdev-add", options)
+            try:
+                await self._qmp(
+                    vm,
+                    "device_add",
+                    {"driver": "virtio-blk-pci", "drive": disk.node_name, "id": f"{disk.node_name}-dev"},
+                )
+            except ComputeError:
+                with contextlib.suppress(ComputeError):
+                    await self._qmp(vm, "blockdev-del", {"node-name": disk.node_name})
+                raise
+
+    async def detach_disk(self, vm_id: str, node_name: str, *, timeout: float = 30.0) -> None:
+        """device_del asks the guest to let go; the block node can only go once the device has.
+
+        Waiting by retrying blockdev-del (refused while the device holds the node) sees the same
+        moment as the DEVICE_DELETED event without a second reader of the event stream.
+        """
+        async with self._lock(vm_id):
+            vm = self._running(vm_id)
+            with contextlib.suppress(ComputeError):  # already gone: only the node is left
+                await self._qmp(vm, "device_del", {"id": f"{node_name}-dev"})
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await self._qmp(vm, "blockdev-del", {"node-name": node_name})
+                    return
+                except ComputeError as exc:
+                    if "not found" in str(exc).lower() or "cannot find" in str(exc).lower():
+                        return
+                    if time.monotonic() > deadline:
+                        raise ComputeError(
+                            f"vm {vm_id}: the guest did not release disk {node_name} within {timeout:g}s"
+                        ) from None
+                await asyncio.sleep(0.1)
+
+    async def grow_disk(self, vm_id: str, node_name: str, size_bytes: int) -> None:
+        async with self._lock(vm_id):
+            await self._qmp(self._running(vm_id), "block_resize", {"node-name": node_name, "size": size_bytes})
 
     async def close(self) -> None:
         """Stop following the VMs and drop QMP connections; the VMs keep running."""
