@@ -16,6 +16,9 @@
 #                         and each user-data line as BRAMBLE-GUEST-USERDATA <line>; with bramble.net=dhcp
 #                         also fetch from 169.254.169.254 and print BRAMBLE-GUEST-META instance-id=...
 #                         and BRAMBLE-GUEST-META openssh-key=... (none when not answered)
+#     bramble.volume=write:WORD  in the background, wait (up to 10 min) for a disk vdb to appear
+#                         (hot-plugged), write WORD into its first sector, print BRAMBLE-GUEST-VOLUME wrote WORD
+#     bramble.volume=read   same wait, then print BRAMBLE-GUEST-VOLUME read <first word on vdb>
 #
 # Packages are fetched with `apt-get download` under a PRIVATE apt configuration
 # (its own sources.list, lists and cache under $BRAMBLE_GUEST_CACHE), so the host's
@@ -219,8 +222,25 @@ for w in $(cat /proc/cmdline); do
     bramble.acpid=*) acpid=${w#bramble.acpid=} ;;
     bramble.cloudinit=*) cloudinit=${w#bramble.cloudinit=} ;;
     bramble.net=*) net=${w#bramble.net=} ;;
+    bramble.volume=*) volume=${w#bramble.volume=} ;;
   esac
 done
+if [ -n "${volume:-}" ]; then
+  (
+    i=0
+    while [ ! -b /dev/vdb ] && [ $i -lt 6000 ]; do sleep 0.1; i=$((i + 1)); done
+    case $volume in
+      write:*)
+        word=${volume#write:}
+        printf '%s\n' "$word" | dd of=/dev/vdb bs=512 count=1 conv=sync,fsync 2>/dev/null && sync
+        echo "BRAMBLE-GUEST-VOLUME wrote $word"
+        ;;
+      read)
+        echo "BRAMBLE-GUEST-VOLUME read $(dd if=/dev/vdb bs=512 count=1 2>/dev/null | head -n 1 | tr -cd 'A-Za-z0-9_-')"
+        ;;
+    esac
+  ) &
+fi
 # the kernel's orderly_poweroff (s390 quiesce, ctrl-alt-del) signals init
 trap 'poweroff -f' INT TERM USR2 PWR
 if [ "$acpid" = on ] && ls /dev/input/event* >/dev/null 2>&1; then

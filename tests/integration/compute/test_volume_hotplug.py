@@ -1,0 +1,65 @@
+"""A volume moves between two running TCG guests on local (qcow2) storage, hot-plugged over QMP.
+
+Guest A finds the hot-plugged disk and writes a marker into it; the disk is unplugged (the
+guest must release it), the marker is on the volume as exported by the storage driver, and
+guest B, after a hot-plug of its own, reads the marker back. B's disk is then grown live.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tests.integration.compute.test_boot_from_rbd import console, qmp, wait_until
+
+from bramble.compute.driver import DiskAttachment, PowerState, VmSpec
+from bramble.compute.qemu.driver import QemuDriver
+from bramble.storage.local import LocalStorage
+
+pytestmark = [pytest.mark.qemu, pytest.mark.anyio]
+
+UP = "BRAMBLE-GUEST-UP"
+MiB = 1024**2
+
+
+async def test_volume_moves_between_running_guests(
+    driver: QemuDriver, make_spec: Callable[..., VmSpec], tmp_path: Path
+) -> None:
+    store = LocalStorage(tmp_path / "store")
+    volume = await store.create_volume("vol", 8 * MiB)
+    word = f"MARK{uuid.uuid4().hex[:10]}"
+    node = "vol-test"
+    disk = DiskAttachment(volume.path, format="qcow2", node_name=node)
+    a = make_spec(cmdline=f"quiet bramble.volume=write:{word}")
+    b = make_spec(cmdline="quiet bramble.volume=read")
+    try:
+        await driver.start(a)
+        await driver.start(b)
+        await wait_until(lambda: UP in console(driver, a.vm_id), 300, f"{UP} on A's console")
+
+        await driver.attach_disk(a.vm_id, disk)
+        await wait_until(lambda: f"BRAMBLE-GUEST-VOLUME wrote {word}" in console(driver, a.vm_id), 120, "A's write")
+        await driver.detach_disk(a.vm_id, node, timeout=120)
+        names = {n["node-name"] for n in await qmp(driver, a.vm_id, "query-named-block-nodes")}
+        assert node not in names
+        exported = b"".join([chunk async for chunk in store.export_disk("vol")])
+        assert exported[: len(word) + 1] == f"{word}\n".encode()
+
+        await wait_until(lambda: UP in console(driver, b.vm_id), 300, f"{UP} on B's console")
+        await driver.attach_disk(b.vm_id, disk)
+        await wait_until(lambda: f"BRAMBLE-GUEST-VOLUME read {word}" in console(driver, b.vm_id), 120, "B's read")
+
+        await driver.grow_disk(b.vm_id, node, 16 * MiB)
+        sizes = {
+            n["node-name"]: n["image"]["virtual-size"] for n in await qmp(driver, b.vm_id, "query-named-block-nodes")
+        }
+        assert sizes[node] == 16 * MiB
+        await driver.detach_disk(b.vm_id, node, timeout=120)
+        assert (await store.disk_info("vol")).virtual_size_bytes == 16 * MiB
+        assert (await driver.status(a.vm_id)).state == PowerState.RUNNING
+    finally:
+        await driver.stop(a.vm_id, force=True)
+        await driver.stop(b.vm_id, force=True)
+        await store.delete_disk("vol")
