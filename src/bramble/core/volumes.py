@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import select
@@ -186,15 +187,16 @@ class VolumeService:
 
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.before = volume_summary(row)
-            live = await self._vm(row.vm_id) if row.vm_id else None
-            if live is not None and live.state == "running" and row.device:
-                # QEMU holds the image open: it grows it itself and tells the guest (block_resize).
-                await self._gateway(live).grow_volume(live.id, row.device, size_bytes)
-                disk = StoredDisk(disk_id_of(row), row.path or "", row.format, size_bytes)
-            elif live is not None and live.state not in ("stopped", "error"):
-                raise Conflict(f"VM {live.name!r} is {live.state}; resize while it runs or is stopped")
-            else:
-                disk = await self._storage(self.store.resize_disk(disk_id_of(row), size_bytes))
+            async with self._vm_lock(row.vm_id):
+                live = await self._vm(row.vm_id) if row.vm_id else None
+                if live is not None and live.state == "running" and row.device:
+                    # QEMU holds the image open: it grows it itself and tells the guest (block_resize).
+                    await self._gateway(live).grow_volume(live.id, row.device, size_bytes)
+                    disk = StoredDisk(disk_id_of(row), row.path or "", row.format, size_bytes)
+                elif live is not None and live.state not in ("stopped", "error"):
+                    raise Conflict(f"VM {live.name!r} is {live.state}; resize while it runs or is stopped")
+                else:
+                    disk = await self._storage(self.store.resize_disk(disk_id_of(row), size_bytes))
             await self._set_disk(row.id, disk)
             op.after = volume_summary(await self.get(row.id))
             return {"volume_id": row.id}
@@ -220,17 +222,20 @@ class VolumeService:
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.before = volume_summary(row)
             device = f"vol-{row.id[:8]}"
-            async with self.deps.db.write() as session:
-                current = await session.get(VolumeRow, row.id)
-                assert current is not None
-                if current.vm_id is not None:
-                    raise Conflict(f"volume {row.name!r} was attached meanwhile")
-                current.vm_id, current.device, current.state = vm.id, device, "attached"
-            op.undo.push("mark the volume detached", lambda: self._mark_detached(row.id))
-            live = await self._vm(vm.id)
-            if live.state == "running":
-                # Hot-plug; a VM that is stopped picks the disk up from its spec at the next start.
-                await self._gateway(live).attach_volume(live.id, volume_disk(row, device))
+            async with self._vm_lock(vm.id):  # no VM start or stop in between
+                async with self.deps.db.write() as session:
+                    current = await session.get(VolumeRow, row.id)
+                    assert current is not None
+                    if current.vm_id is not None:
+                        raise Conflict(f"volume {row.name!r} was attached meanwhile")
+                    current.vm_id, current.device, current.state = vm.id, device, "attached"
+                op.undo.push("mark the volume detached", lambda: self._mark_detached(row.id))
+                live = await self._vm(vm.id)
+                if live.state == "running":
+                    # Hot-plug; a VM that is stopped picks the disk up from its spec at the next start.
+                    await self._gateway(live).attach_volume(live.id, volume_disk(row, device))
+                elif live.state not in ATTACHABLE_STATES:
+                    raise Conflict(f"VM {live.name!r} is {live.state}; volumes attach to running or stopped VMs")
             op.after = volume_summary(await self.get(row.id))
             return {"volume_id": row.id, "vm_id": vm.id, "device": device}
 
@@ -249,11 +254,12 @@ class VolumeService:
 
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.before = volume_summary(row)
-            live = await self._vm(row.vm_id) if row.vm_id else None
-            if live is not None and live.state == "running" and row.device:
-                # The row changes only after the guest let go: a refusal leaves it attached, as it is.
-                await self._gateway(live).detach_volume(live.id, row.device)
-            await self._mark_detached(row.id)
+            async with self._vm_lock(row.vm_id):
+                live = await self._vm(row.vm_id) if row.vm_id else None
+                if live is not None and live.state == "running" and row.device:
+                    # The row changes only after the guest let go: a refusal leaves it attached, as it is.
+                    await self._gateway(live).detach_volume(live.id, row.device)
+                await self._mark_detached(row.id)
             op.after = volume_summary(await self.get(row.id))
             return {"volume_id": row.id}
 
@@ -390,6 +396,20 @@ class VolumeService:
             raise Invalid(str(exc)) from None
         except NotImplementedError as exc:
             raise Invalid(str(exc)) from None
+
+    @asynccontextmanager
+    async def _vm_lock(self, vm_id: str | None) -> AsyncIterator[None]:
+        """Hold the VM's operation lock, so a start, stop or delete cannot interleave."""
+        if vm_id is None:
+            yield
+            return
+        async with self.deps.db.read() as session:
+            vm = await session.get(VmRow, vm_id)
+        if vm is None:
+            yield
+            return
+        async with self.deps.runner.lock_for(f"vm/{vm.name}"):
+            yield
 
     async def _vm(self, vm_id: str) -> VmRow:
         async with self.deps.db.read() as session:
