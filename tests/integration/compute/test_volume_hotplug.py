@@ -12,13 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.integration.compute.test_boot_from_rbd import console, qmp, wait_until
+from tests.integration.compute.test_boot_from_rbd import console, qmp, storage, wait_until
 
 from bramble.compute.driver import DiskAttachment, PowerState, VmSpec
 from bramble.compute.qemu.driver import QemuDriver
+from bramble.storage.driver import StorageDriver
 from bramble.storage.local import LocalStorage
+from bramble.storage.rbd import RbdStorageDriver
 
 pytestmark = [pytest.mark.qemu, pytest.mark.anyio]
+__all__ = ["storage"]  # the RBD storage fixture, imported so pytest finds it here
 
 UP = "BRAMBLE-GUEST-UP"
 MiB = 1024**2
@@ -27,11 +30,23 @@ MiB = 1024**2
 async def test_volume_moves_between_running_guests(
     driver: QemuDriver, make_spec: Callable[..., VmSpec], tmp_path: Path
 ) -> None:
-    store = LocalStorage(tmp_path / "store")
-    volume = await store.create_volume("vol", 8 * MiB)
+    await move_between_guests(driver, make_spec, LocalStorage(tmp_path / "store"), "vol")
+
+
+async def test_rbd_volume_moves_between_running_guests(
+    driver: QemuDriver, make_spec: Callable[..., VmSpec], storage: RbdStorageDriver
+) -> None:
+    """The same on a throwaway Ceph cluster: QEMU opens the raw volume through librbd."""
+    await move_between_guests(driver, make_spec, storage, f"vol-{uuid.uuid4().hex[:8]}")
+
+
+async def move_between_guests(
+    driver: QemuDriver, make_spec: Callable[..., VmSpec], store: StorageDriver, volume_id: str
+) -> None:
+    volume = await store.create_volume(volume_id, 8 * MiB)
     word = f"MARK{uuid.uuid4().hex[:10]}"
     node = "vol-test"
-    disk = DiskAttachment(volume.path, format="qcow2", node_name=node)
+    disk = DiskAttachment(volume.path, format=volume.format, node_name=node)
     a = make_spec(cmdline=f"quiet bramble.volume=write:{word}")
     b = make_spec(cmdline="quiet bramble.volume=read")
     try:
@@ -44,7 +59,7 @@ async def test_volume_moves_between_running_guests(
         await driver.detach_disk(a.vm_id, node, timeout=120)
         names = {n["node-name"] for n in await qmp(driver, a.vm_id, "query-named-block-nodes")}
         assert node not in names
-        exported = b"".join([chunk async for chunk in store.export_disk("vol")])
+        exported = b"".join([chunk async for chunk in store.export_disk(volume_id)])
         assert exported[: len(word) + 1] == f"{word}\n".encode()
 
         await wait_until(lambda: UP in console(driver, b.vm_id), 300, f"{UP} on B's console")
@@ -57,9 +72,9 @@ async def test_volume_moves_between_running_guests(
         }
         assert sizes[node] == 16 * MiB
         await driver.detach_disk(b.vm_id, node, timeout=120)
-        assert (await store.disk_info("vol")).virtual_size_bytes == 16 * MiB
+        assert (await store.disk_info(volume_id)).virtual_size_bytes == 16 * MiB
         assert (await driver.status(a.vm_id)).state == PowerState.RUNNING
     finally:
         await driver.stop(a.vm_id, force=True)
         await driver.stop(b.vm_id, force=True)
-        await store.delete_disk("vol")
+        await store.delete_disk(volume_id)
