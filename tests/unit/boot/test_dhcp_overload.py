@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
@@ -98,5 +99,17 @@ async def test_stale_discovers_are_shed_and_counted(relay: socket.socket, monkey
         await _wait_for(lambda: server.stats["shed"] == 5, "five shed DISCOVERs")
         assert server.stats["offers"] == 0
         assert events == []
+    finally:
+        await server.close()
+
+
+async def test_receive_buffer_holds_a_scheduling_hiccup(relay: socket.socket) -> None:
+    """1 MiB asked for (root may exceed rmem_max; the kernel reports double what was set)."""
+    server = await _server(relay, [])
+    try:
+        size = server._sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with open("/proc/sys/net/core/rmem_max") as f:
+            rmem_max = int(f.read())
+        assert size >= 2 * (dhcp._RECEIVE_BUFFER if os.geteuid() == 0 else min(rmem_max, dhcp._RECEIVE_BUFFER))
     finally:
         await server.close()
