@@ -7,12 +7,20 @@ import os
 import httpx
 import pytest
 
+from bramble.compute.fake import FakeComputeDriver
 from bramble.daemon import Services
 from bramble.storage.fake import FakeStorage
 from tests.unit.api.helpers import make_image, make_vm, wait_operation
 
 pytestmark = pytest.mark.anyio
 MIB = 1024 * 1024
+
+
+def fake_compute(services: Services) -> FakeComputeDriver:
+    assert services.agent is not None
+    compute = services.agent.compute
+    assert isinstance(compute, FakeComputeDriver)
+    return compute
 
 
 def fake_store(services: Services) -> FakeStorage:
@@ -75,7 +83,7 @@ async def test_a_stopped_vm_gets_its_volumes_at_next_start(api: httpx.AsyncClien
     started = await api.post("/v1/vms/a/actions/start")
     assert started.status_code == 202, started.text
     assert (await wait_operation(api, started.json()["operation"]["id"]))["status"] == "succeeded"
-    spec = services.agent.compute.vms[vm["id"]].spec  # type: ignore[union-attr, attr-defined]
+    spec = fake_compute(services).vms[vm["id"]].spec
     assert [d.path for d in spec.disks[1:]] == [f"fake://disks/vol-{first['id']}", f"fake://disks/vol-{second['id']}"]
     desired = await services.cloud.nodes.desired_vm("node-1", vm["id"])
     assert desired is not None and desired.spec.disks == spec.disks
@@ -99,24 +107,24 @@ async def test_live_attach_resize_detach_on_a_running_vm(api: httpx.AsyncClient,
     await make_image(api)
     vm = await make_vm(api, "a")
     vol = await create(api, "data")
-    compute = services.agent.compute  # type: ignore[union-attr]
+    compute = fake_compute(services)
     attached = await api.post("/v1/volumes/data/attach", json={"vm": "a"})
     assert attached.status_code == 200, attached.text
     device = attached.json()["device"]
-    disks = compute.vms[vm["id"]].spec.disks  # type: ignore[attr-defined]
+    disks = compute.vms[vm["id"]].spec.disks
     assert [(d.path, d.node_name) for d in disks[1:]] == [(f"fake://disks/vol-{vol['id']}", device)]
     grown = await api.post("/v1/volumes/data/resize", json={"size_bytes": 8 * MIB})
     assert grown.status_code == 200 and grown.json()["size_bytes"] == 8 * MIB
-    assert compute.grown == {(vm["id"], device): 8 * MIB}  # type: ignore[attr-defined]
+    assert compute.grown == {(vm["id"], device): 8 * MIB}
     assert (await api.post("/v1/volumes/data/detach")).json()["state"] == "available"
-    assert len(compute.vms[vm["id"]].spec.disks) == 1  # type: ignore[attr-defined]
+    assert len(compute.vms[vm["id"]].spec.disks) == 1
 
 
 async def test_a_failed_hot_plug_leaves_the_volume_detached(api: httpx.AsyncClient, services: Services) -> None:
     await make_image(api)
     await make_vm(api, "a")
     await create(api, "data")
-    compute = services.agent.compute  # type: ignore[union-attr]
+    compute = fake_compute(services)
 
     async def refuse(vm_id: str, disk: object) -> None:
         from bramble.compute.driver import ComputeError
