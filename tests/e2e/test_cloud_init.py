@@ -68,6 +68,13 @@ def test_guest_reads_its_seed_and_only_its_own_metadata(
     asked = [e for e in events if e["action"] == "metadata.request"]
     assert any("/latest/meta-data/public-keys/0/openssh-key" in json.dumps(e) for e in asked), events
 
+    # after kill -9 and a restart the listener has a new port; the DNAT follows it (a reboot fetches again)
+    d.kill9()
+    d.start()
+    d.ok("vm", "reboot", "g1")
+    wanted = f"BRAMBLE-GUEST-META instance-id={g1['id']}"
+    wait_for(lambda: console_of(d, g1["id"]).count(wanted) >= 2, 300, "the metadata after a restart", interval=0.5)
+
     d.ok("vm", "delete", "g1", "--yes")
     d.ok("vm", "delete", "g2", "--yes")
     assert not (d.state_dir / "seeds" / f"{g1['id']}.iso").exists()
