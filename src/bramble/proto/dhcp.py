@@ -603,8 +603,8 @@ def reply_to(
         siaddr=_ZERO if siaddr is None else _as_ip(siaddr),
         giaddr=request.giaddr,
         chaddr=request.chaddr,
-        sname=sname,  # normalised by DhcpPacket
-        file=file,
+        sname=_text_field(sname),
+        file=_text_field(file),
         options=opts,
         client_max_size=max_reply_size(request),
     )
