@@ -6,10 +6,13 @@ disk costs the same whatever the image size.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 IMAGE_FORMATS = ("qcow2", "raw", "iso")
 
@@ -126,3 +129,23 @@ class StorageDriver(ABC):
     async def import_disk(self, disk_id: str, chunks: AsyncIterator[bytes]) -> StoredDisk:
         """A new disk from a raw byte stream (what export_disk gives); refused if it exists."""
         raise NotImplementedError(f"{self.name} storage cannot import disks")
+
+
+async def write_file_atomically(final: Path, chunks: AsyncIterator[bytes]) -> int:
+    """Stream ``chunks`` into ``final`` through a hidden partial file, fsync it, then rename.
+
+    A broken upload leaves nothing behind under ``final``. Returns the number of bytes written.
+    """
+    partial = final.with_name(f".{final.name}.partial")
+    written = 0
+    try:
+        with open(partial, "wb") as out:
+            async for chunk in chunks:
+                out.write(chunk)
+                written += len(chunk)
+            out.flush()
+            await asyncio.to_thread(os.fsync, out.fileno())
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return written

@@ -23,6 +23,7 @@ from bramble.storage.driver import (
     StoredDisk,
     StoredImage,
     detect_format,
+    write_file_atomically,
 )
 
 PARTS = ("disk", "kernel", "initrd")
@@ -68,20 +69,7 @@ class LocalStorage(StorageDriver):
             raise StorageError(f"unknown image part {part!r}")
         folder = self._image_dir(image_id)
         folder.mkdir(exist_ok=True)
-        final = folder / part
-        partial = folder / f".{part}.partial"
-        written = 0
-        try:
-            with open(partial, "wb") as out:
-                async for chunk in chunks:
-                    out.write(chunk)
-                    written += len(chunk)
-                out.flush()
-                await asyncio.to_thread(os.fsync, out.fileno())
-            os.replace(partial, final)
-        finally:
-            partial.unlink(missing_ok=True)
-        return written
+        return await write_file_atomically(folder / part, chunks)
 
     async def finalize_image(self, image_id: str) -> StoredImage:
         folder = self._image_dir(image_id)

@@ -50,6 +50,7 @@ from bramble.storage.driver import (
     StoredDisk,
     StoredImage,
     detect_format,
+    write_file_atomically,
 )
 
 T = TypeVar("T")
@@ -526,20 +527,7 @@ class RbdStorageDriver(StorageDriver):
     async def _write_local_part(self, image_id: str, part: str, chunks: AsyncIterator[bytes]) -> int:
         folder = self._local_dir(image_id)
         folder.mkdir(exist_ok=True)
-        final = folder / part
-        partial = folder / f".{part}.partial"
-        written = 0
-        try:
-            with open(partial, "wb") as out:
-                async for chunk in chunks:
-                    out.write(chunk)
-                    written += len(chunk)
-                out.flush()
-                await asyncio.to_thread(os.fsync, out.fileno())
-            os.replace(partial, final)
-        finally:
-            partial.unlink(missing_ok=True)
-        return written
+        return await write_file_atomically(folder / part, chunks)
 
     async def _import_qcow2(self, final: str, head: bytes, rest: AsyncIterator[bytes]) -> int:
         """qcow2 cannot be read as a stream: spool it locally, check it, convert it to raw in RBD.
