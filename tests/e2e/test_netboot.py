@@ -77,13 +77,35 @@ def _register(daemon: BootDaemon, *, transport: str = "http", name: str = "node1
     _ok(daemon.cli("machine", "add", name, "--mac", mac, "--profile", f"tiny-{transport}", "--arch", "x86_64"))
 
 
-def test_bios_ipxe_rom_boots_kernel_and_initrd_over_http(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
-    daemon = start_boot_daemon(bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory")
-    _register(daemon, transport="http")
+def _boot_to_marker(
+    bed: NetbootBed,
+    files: Path,
+    tmp_path: Path,
+    *,
+    firmware: str,
+    transport: str = "http",
+    mode: str = "authoritative",
+    interface_toml: str = "",
+) -> BootDaemon:
+    """Start brambled, register node1 with a kernel profile, power the guest on and wait for its marker."""
+    daemon = start_boot_daemon(
+        bed,
+        tmp_path / "state",
+        files_dir=files,
+        inventory_dir=tmp_path / "inventory",
+        mode=mode,
+        interface_toml=interface_toml,
+    )
+    _register(daemon, transport=transport)
     serial = tmp_path / "serial.log"
-    guest = bed.boot_guest("bios", serial, mac=GUEST_MAC)
+    guest = bed.boot_guest(firmware, serial, mac=GUEST_MAC)
     bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
     bed.stop(guest)
+    return daemon
+
+
+def test_bios_ipxe_rom_boots_kernel_and_initrd_over_http(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
+    daemon = _boot_to_marker(bed, files, tmp_path, firmware="bios", transport="http")
 
     def everything_recorded() -> list[dict[str, object]] | None:
         events = _events(daemon, "machine/node1")
@@ -98,12 +120,7 @@ def test_bios_ipxe_rom_boots_kernel_and_initrd_over_http(bed: NetbootBed, files:
 
 
 def test_bios_ipxe_rom_boots_kernel_and_initrd_over_tftp(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
-    daemon = start_boot_daemon(bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory")
-    _register(daemon, transport="tftp")
-    serial = tmp_path / "serial.log"
-    guest = bed.boot_guest("bios", serial, mac=GUEST_MAC)
-    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
-    bed.stop(guest)
+    daemon = _boot_to_marker(bed, files, tmp_path, firmware="bios", transport="tftp")
 
     def tftp_recorded() -> list[dict[str, object]] | None:
         events = [e for e in _events(daemon, "machine/node1") if e["action"] == "boot.tftp"]
@@ -116,12 +133,7 @@ def test_bios_ipxe_rom_boots_kernel_and_initrd_over_tftp(bed: NetbootBed, files:
 
 def test_uefi_firmware_pxe_chainloads_ipxe_then_boots(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
     """OVMF's own PXE client (no NIC ROM) gets snponly.efi by TFTP, which then gets the script."""
-    daemon = start_boot_daemon(bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory")
-    _register(daemon, transport="http")
-    serial = tmp_path / "serial.log"
-    guest = bed.boot_guest("uefi", serial, mac=GUEST_MAC)
-    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
-    bed.stop(guest)
+    daemon = _boot_to_marker(bed, files, tmp_path, firmware="uefi", transport="http")
     events = _events(daemon, "machine/node1")
     dhcp = [e for e in events if e["action"] == "boot.dhcp"]
     details = [e.get("after") or {} for e in dhcp]
@@ -159,14 +171,7 @@ def test_proxy_dhcp_beside_dnsmasq_boots_the_guest(bed: NetbootBed, files: Path,
     bed.spawn(
         ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"], tmp_path / "site.log", ns=other
     )
-    daemon = start_boot_daemon(
-        bed, tmp_path / "state", files_dir=files, inventory_dir=tmp_path / "inventory", mode="proxy"
-    )
-    _register(daemon, transport="http")
-    serial = tmp_path / "serial.log"
-    guest = bed.boot_guest("bios", serial, mac=GUEST_MAC)
-    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
-    bed.stop(guest)
+    daemon = _boot_to_marker(bed, files, tmp_path, firmware="bios", mode="proxy")
     leases = (tmp_path / "site.leases").read_text()
     assert GUEST_MAC in leases and "10.99.0.5" in leases, leases
     events = _events(daemon, "machine/node1")
@@ -221,7 +226,7 @@ def test_reserved_lease_survives_a_brambled_restart_and_syslog_is_attributed(
     daemon = start_boot_daemon(bed, state, files_dir=files, inventory_dir=tmp_path / "inventory")
     _ok(daemon.cli("machine", "add", "kiosk1", "--mac", mac, "--ip", "10.99.0.150"))
     # the inventory's fixed address becomes a DHCP reservation within a couple of seconds
-    first = wait_for(lambda: (ip := _udhcpc(bed, client, tmp_path)) == "10.99.0.150" and ip, 20, "the reserved IP")
+    first = str(wait_for(lambda: (ip := _udhcpc(bed, client, tmp_path)) == "10.99.0.150" and ip, 20, "the reserved IP"))
 
     sent = bed.run(
         "logger", "--server", SERVER_IP, "--port", "514", "--udp", "--rfc5424", "-t", "kiosk", "hello", ns=client
@@ -250,18 +255,7 @@ def test_reserved_lease_survives_a_brambled_restart_and_syslog_is_attributed(
 
 def test_bios_classic_pxe_chainloads_undionly_then_the_script(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
     """Firmware PXE (the NIC ROM's PXE API) loads undionly.kpxe by TFTP; that iPXE gets the script."""
-    daemon = start_boot_daemon(
-        bed,
-        tmp_path / "state",
-        files_dir=files,
-        inventory_dir=tmp_path / "inventory",
-        interface_toml="chainload_ipxe = true\n",
-    )
-    _register(daemon, transport="http")
-    serial = tmp_path / "serial.log"
-    guest = bed.boot_guest("bios", serial, mac=GUEST_MAC)
-    bed.wait_for_marker(guest, serial, BOOT_TIMEOUT)
-    bed.stop(guest)
+    daemon = _boot_to_marker(bed, files, tmp_path, firmware="bios", interface_toml="chainload_ipxe = true\n")
     events = _events(daemon, "machine/node1")
     sequence = [
         str(e["message"]) for e in events if e["action"] in ("boot.tftp", "boot.http") or "acked" in str(e["message"])
