@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,15 +74,18 @@ def broadcast(iface: str, mac: str, xid: int, options: list[Any]) -> None:
 def collect(iface: str, send: Any, want: Any, timeout: float) -> list[Any]:
     """Resend every second (as ROMs do) until ``want(replies)`` or the timeout; replies via a callback."""
     got: list[Any] = []
+    listening = threading.Event()
     # No libpcap here, so no BPF: filter in Python.
     sniffer = AsyncSniffer(
         iface=iface,
         lfilter=lambda p: UDP in p and p[UDP].dport == 68 and BOOTP in p and DHCP in p,
         prn=got.append,
         store=False,
+        started_callback=listening.set,
     )
     sniffer.start()
-    time.sleep(0.3)  # the sniffer's socket must exist before the first reply
+    if not listening.wait(10):  # the sniffer's socket must exist before the first reply
+        raise AssertionError("the packet sniffer did not start within 10 s")
     deadline = time.monotonic() + timeout
     next_send = 0.0
     while time.monotonic() < deadline and not want(list(got)):
