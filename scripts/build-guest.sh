@@ -19,6 +19,10 @@
 #     bramble.volume=write:WORD  in the background, wait (up to 10 min) for a disk vdb to appear
 #                         (hot-plugged), write WORD into its first sector, print BRAMBLE-GUEST-VOLUME wrote WORD
 #     bramble.volume=read   same wait, then print BRAMBLE-GUEST-VOLUME read <first word on vdb>
+#     bramble.listen=PORT  (after the network) serve TCP PORT with busybox nc: every connection
+#                         gets the line BRAMBLE-NC-HELLO
+#     bramble.probe=IP:PORT  (after the network) every ~2 s try a TCP connection (2 s connect timeout)
+#                         and print BRAMBLE-GUEST-PROBE <n> ok|fail (ok: the BRAMBLE-NC-HELLO line came)
 #
 # Packages are fetched with `apt-get download` under a PRIVATE apt configuration
 # (its own sources.list, lists and cache under $BRAMBLE_GUEST_CACHE), so the host's
@@ -223,6 +227,8 @@ for w in $(cat /proc/cmdline); do
     bramble.cloudinit=*) cloudinit=${w#bramble.cloudinit=} ;;
     bramble.net=*) net=${w#bramble.net=} ;;
     bramble.volume=*) volume=${w#bramble.volume=} ;;
+    bramble.listen=*) listen=${w#bramble.listen=} ;;
+    bramble.probe=*) probe=${w#bramble.probe=} ;;
   esac
 done
 if [ -n "${volume:-}" ]; then
@@ -286,6 +292,23 @@ if [ "$net" = dhcp ]; then
   else
     echo "BRAMBLE-GUEST-NET failed"
   fi
+fi
+if [ -n "${listen:-}" ]; then
+  nc -ll -p "$listen" -e echo BRAMBLE-NC-HELLO &
+fi
+if [ -n "${probe:-}" ]; then
+  (
+    n=0
+    while :; do
+      n=$((n + 1))
+      if timeout 5 nc -w 2 "${probe%:*}" "${probe##*:}" </dev/null 2>/dev/null | grep -q BRAMBLE-NC-HELLO; then
+        echo "BRAMBLE-GUEST-PROBE $n ok"
+      else
+        echo "BRAMBLE-GUEST-PROBE $n fail"
+      fi
+      sleep 2
+    done
+  ) &
 fi
 echo "BRAMBLE-GUEST-UP arch=$(uname -m)"
 while :; do
