@@ -10,6 +10,10 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bramble.storage.pools import PoolSpec
 
 
 class PowerState(enum.StrEnum):
@@ -168,6 +172,15 @@ class ComputeDriver(ABC):
         """Grow an attached disk through the hypervisor, so the guest sees the new size at once."""
         raise ComputeError(f"the {self.name} compute driver cannot resize attached disks")
 
+    async def replace_disk(self, vm_id: str, node_name: str, disk: DiskAttachment, *, timeout: float = 600.0) -> None:
+        """Move a running VM's disk ``node_name`` onto ``disk`` (its ``node_name`` set) without stopping
+        the guest: the data the old disk holds over its backing is copied, then the guest is switched.
+
+        ``disk`` must already hold the old disk's backing data (e.g. an RBD clone of the image a
+        cache overlay reads): only what the old top layer holds is copied.
+        """
+        raise ComputeError(f"the {self.name} compute driver cannot move disks of running VMs")
+
 
 @dataclass(frozen=True)
 class DesiredVm:
@@ -176,6 +189,7 @@ class DesiredVm:
     spec: VmSpec
     desired_state: str  # running | stopped | paused
     disk_id: str | None = None
+    disk_pool: PoolSpec | None = None  # the storage pool holding the disk; None: the node's default
 
 
 @dataclass(frozen=True)

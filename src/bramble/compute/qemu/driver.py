@@ -671,6 +671,60 @@ class QemuDriver(ComputeDriver):
         async with self._lock(vm_id):
             await self._qmp(self._running(vm_id), "block_resize", {"node-name": node_name, "size": size_bytes})
 
+    async def replace_disk(self, vm_id: str, node_name: str, disk: DiskAttachment, *, timeout: float = 600.0) -> None:
+        """blockdev-add the new disk, blockdev-mirror (sync "top") onto it, job-complete, blockdev-del the old.
+
+        "top" copies only what the old node's own layer holds (a cache overlay: the guest's
+        writes); the target already has the backing data. The guest keeps running; after the
+        pivot its device reads and writes the new node, and the old chain is closed. On failure
+        the job is cancelled and the new node removed: the guest stays on the old disk.
+        """
+        if not disk.node_name:
+            raise ComputeError("the new disk needs a node name")
+        try:
+            options = disk_blockdev(disk, disk.node_name)
+        except ValueError as exc:
+            raise ComputeError(str(exc)) from None
+        job = f"move-{node_name}"
+        async with self._lock(vm_id):
+            vm = self._running(vm_id)
+            await self._qmp(vm, "blockdev-add", options)
+            try:
+                mirror = {"job-id": job, "device": node_name, "target": disk.node_name, "sync": "top"}
+                await self._qmp(vm, "blockdev-mirror", {**mirror, "auto-dismiss": False})
+                await self._wait_job(vm, job, ("ready",), timeout)
+                await self._qmp(vm, "job-complete", {"id": job})
+                await self._wait_job(vm, job, ("concluded",), timeout)
+                failure = next((j.get("error") for j in await self._qmp(vm, "query-jobs") if j["id"] == job), None)
+                await self._qmp(vm, "job-dismiss", {"id": job})
+                if failure:
+                    raise ComputeError(f"vm {vm_id}: moving disk {node_name} failed: {failure}")
+            except ComputeError:
+                with contextlib.suppress(ComputeError):
+                    await self._qmp(vm, "job-cancel", {"id": job, "force": True})
+                    await self._wait_job(vm, job, ("concluded", "null"), 30)
+                    await self._qmp(vm, "job-dismiss", {"id": job})
+                with contextlib.suppress(ComputeError):
+                    await self._qmp(vm, "blockdev-del", {"node-name": disk.node_name})
+                raise
+            # the old node was added by -blockdev: the monitor still holds it (and its files) open
+            await self._qmp(vm, "blockdev-del", {"node-name": node_name})
+
+    async def _wait_job(self, vm: _Vm, job: str, states: tuple[str, ...], timeout: float) -> None:
+        """Poll query-jobs until ``job`` is in one of ``states`` ("null": gone), or raise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = {j["id"]: j for j in await self._qmp(vm, "query-jobs")}
+            status = str(jobs[job]["status"]) if job in jobs else "null"
+            if status in states:
+                return
+            if status in ("concluded", "null"):
+                error = jobs.get(job, {}).get("error", "it ended early")
+                raise ComputeError(f"vm {vm.vm_id}: block job {job} ended before reaching {states[0]}: {error}")
+            if time.monotonic() > deadline:
+                raise ComputeError(f"vm {vm.vm_id}: block job {job} not {states[0]} within {timeout:g}s")
+            await asyncio.sleep(0.1)
+
     async def close(self) -> None:
         """Stop following the VMs and drop QMP connections; the VMs keep running."""
         vms = list(self._vms.values())

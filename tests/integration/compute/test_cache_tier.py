@@ -1,0 +1,361 @@
+"""The node-local cache tier in front of RBD, with real QEMU (TCG) guests and a throwaway Ceph cluster.
+
+The x86_64 test guest's disk is marked with byte patterns and uploaded through the RBD driver.
+VMs get cache overlays (local qcow2 -> NBD export of the image's qemu-storage-daemon ->
+copy-on-read -> qcow2 cache file -> RBD snapshot). Bytes read from Ceph are librbd's own
+``rd_bytes`` counter inside the cache owner (its admin socket).
+
+A "boot read" is the guest booting to its marker plus a 48 MiB read of the disk through the
+guest's own virtio-blk backend (qemu-io inside the running QEMU): the test guest runs from an
+initramfs and itself reads only its partition table, where a real guest reads its root file
+system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.ceph_cluster import CephCluster
+
+from bramble.compute.driver import DiskAttachment, PowerState, VmSpec
+from bramble.compute.qemu.driver import QemuDriver
+from bramble.storage.cache import CacheError, ImageCache
+from bramble.storage.driver import StoredImage
+from bramble.storage.rbd import RbdStorageDriver
+
+pytestmark = [pytest.mark.qemu, pytest.mark.anyio]
+
+MARKER = "BRAMBLE-GUEST-UP"
+MiB = 1024**2
+BOOT_READ = "read 0 48M"
+
+
+async def wait_until(predicate: Callable[[], object], deadline: float, what: str) -> None:
+    end = time.monotonic() + deadline
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline:g}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def console(driver: QemuDriver, vm_id: str) -> str:
+    try:
+        return Path(driver.console_path(vm_id)).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+async def file_chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+async def qmp(driver: QemuDriver, vm_id: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    vm = driver._live(vm_id)
+    assert vm is not None, f"{vm_id} is not running"
+    return await driver._qmp(vm, command, arguments)
+
+
+async def qemu_io(driver: QemuDriver, vm_id: str, command: str) -> None:
+    """A qemu-io command on the VM's root disk, through its virtio-blk backend (what the guest uses)."""
+    error = await qmp(
+        driver, vm_id, "human-monitor-command", {"command-line": f'qemu-io -d disk0-dev/virtio-backend "{command}"'}
+    )
+    assert not error, error
+
+
+def admin_read(ceph: CephCluster, name: str, offset: int, length: int, snapshot: str | None = None) -> bytes:
+    import rados
+    import rbd
+
+    with (
+        rados.Rados(conffile=str(ceph.conf), rados_id="admin") as cluster,
+        cluster.open_ioctx(ceph.pool) as ioctx,
+        rbd.Image(ioctx, name, snapshot=snapshot, read_only=True) as image,
+    ):
+        return bytes(image.read(offset, length))
+
+
+def rbd_names(ceph: CephCluster) -> set[str]:
+    import rados
+    import rbd
+
+    with rados.Rados(conffile=str(ceph.conf), rados_id="admin") as cluster, cluster.open_ioctx(ceph.pool) as ioctx:
+        return set(rbd.RBD().list(ioctx))
+
+
+def storage_daemons(text: str) -> set[int]:
+    """Live qemu-storage-daemon processes whose command line contains ``text``."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"qemu-storage-daemon") and any(text.encode() in a for a in argv):
+                found.add(int(proc.name))
+    return found
+
+
+@pytest.fixture
+async def storage(ceph: CephCluster, tmp_path: Path) -> AsyncIterator[RbdStorageDriver]:
+    rbd_storage = RbdStorageDriver(
+        conf=ceph.conf, pool=ceph.pool, user=ceph.user, keyring=ceph.user_keyring, work_dir=tmp_path / "rbd"
+    )
+    try:
+        yield rbd_storage
+    finally:
+        await rbd_storage.close()
+
+
+@pytest.fixture
+async def cache(storage: RbdStorageDriver) -> AsyncIterator[ImageCache]:
+    """A cache tier in a short private directory; every owner it started is stopped by PID."""
+    directory = Path(tempfile.mkdtemp(prefix="brc-", dir="/tmp"))
+    tier = ImageCache(storage, directory)
+    try:
+        yield tier
+    finally:
+        await tier.close()
+        for image_id in tier.running():
+            await tier.stop_owner(image_id)
+        leftovers = storage_daemons(str(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+        assert not leftovers, f"cache owners still running: {leftovers}"
+
+
+@pytest.fixture
+async def image(
+    storage: RbdStorageDriver, cache: ImageCache, guests: dict[str, Path], tmp_path: Path
+) -> AsyncIterator[StoredImage]:
+    """The test guest's 64 MiB disk, 0x42 over its first 48 MiB and 0x43 at 56 MiB, as an RBD image."""
+    disk = tmp_path / "disk.qcow2"
+    shutil.copyfile(guests["x86_64"] / "disk.qcow2", disk)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x42 0 48M", "-c", "write -P 0x43 56M 64k", str(disk)],
+        check=True,
+        capture_output=True,
+    )
+    image_id = f"cached-{uuid.uuid4().hex[:8]}"
+    await storage.write_image(image_id, file_chunks(disk))
+    stored = await storage.finalize_image(image_id)
+    try:
+        yield stored
+    finally:
+        await cache.drop_image(image_id)  # its owner holds the image open
+        await storage.delete_image(image_id, flatten=True)
+
+
+def spec_for(guests: dict[str, Path], vm_id: str, disk: str) -> VmSpec:
+    guest = guests["x86_64"]
+    return VmSpec(
+        vm_id=vm_id,
+        name="cached-guest",
+        arch="x86_64",
+        cpus=1,
+        memory_mib=128,
+        disks=(DiskAttachment(disk, format="qcow2"),),
+        kernel=str(guest / "kernel"),
+        initrd=str(guest / "initrd.gz"),
+        cmdline="quiet",
+    )
+
+
+async def boot(driver: QemuDriver, guests: dict[str, Path], vm_id: str, disk: str) -> None:
+    started = await driver.start(spec_for(guests, vm_id, disk))
+    assert started.state == PowerState.RUNNING
+    await wait_until(lambda: MARKER in console(driver, vm_id), 240, f"{MARKER} on the console of {vm_id}")
+    assert "BRAMBLE-GUEST-DISKS vda" in console(driver, vm_id)
+
+
+async def test_second_boot_reads_far_less_from_ceph(
+    cache: ImageCache, image: StoredImage, driver: QemuDriver, guests: dict[str, Path]
+) -> None:
+    first_vm, second_vm = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        first_disk = await cache.create_overlay(f"d-{first_vm[:8]}", image, 128 * MiB)
+        assert cache.overlay_image(first_disk.path) == image.image_id
+        assert (await cache.stats(image.image_id)).ceph_read_bytes == 0  # nothing read yet
+        await boot(driver, guests, first_vm, first_disk.path)
+        await qemu_io(driver, first_vm, BOOT_READ)
+        first = (await cache.stats(image.image_id)).ceph_read_bytes
+        await driver.stop(first_vm, force=True)
+
+        second_disk = await cache.create_overlay(f"d-{second_vm[:8]}", image, 128 * MiB)
+        await boot(driver, guests, second_vm, second_disk.path)
+        await qemu_io(driver, second_vm, BOOT_READ)
+        stats = await cache.stats(image.image_id)
+        second = stats.ceph_read_bytes - first
+        print(f"bytes read from Ceph: first boot {first}, second boot {second}; cache file {stats.cache_bytes}")
+        assert first >= 48 * MiB  # the first boot's data came from Ceph ...
+        assert second < first / 2  # ... the second one's mostly from the node's cache
+        assert stats.cache_bytes >= 48 * MiB
+        # the guest sees the image's data through two layers of cache
+        await qemu_io(driver, second_vm, "read -P 0x42 0 1M")
+        await qemu_io(driver, second_vm, "read -P 0x43 56M 64k")
+    finally:
+        for vm_id in (first_vm, second_vm):
+            await driver.stop(vm_id, force=True)
+            await cache.delete_overlay(f"d-{vm_id[:8]}")
+
+
+async def test_ephemeral_writes_stay_local_and_drop_pivots_a_running_guest_onto_rbd(
+    ceph: CephCluster,
+    storage: RbdStorageDriver,
+    cache: ImageCache,
+    image: StoredImage,
+    driver: QemuDriver,
+    guests: dict[str, Path],
+) -> None:
+    vm_id = str(uuid.uuid4())
+    disk_id = f"d-{vm_id[:8]}"
+    try:
+        overlay = await cache.create_overlay(disk_id, image, 128 * MiB)
+        await boot(driver, guests, vm_id, overlay.path)
+        before = cache.overlay_bytes(disk_id)
+        await qemu_io(driver, vm_id, "write -P 0x77 100M 1M")
+        await qemu_io(driver, vm_id, "write -P 0x78 0 64k")
+        await qemu_io(driver, vm_id, "flush")
+        # the writes are in the node's overlay; nothing per VM exists in Ceph, the image is untouched
+        assert cache.overlay_bytes(disk_id) >= before + MiB
+        assert f"disk-{disk_id}" not in rbd_names(ceph)
+        assert admin_read(ceph, f"img-{image.image_id}", 0, 4, snapshot="base") == b"\x42" * 4
+
+        # drop: clone the image in Ceph, mirror the overlay's own data onto it, pivot, close the overlay
+        clone = await storage.clone_disk(disk_id, image, cache.overlay_size(disk_id))
+        assert clone.virtual_size_bytes == 128 * MiB
+        await driver.replace_disk(vm_id, "disk0", DiskAttachment(clone.path, format="raw", node_name="root-rbd"))
+        nodes = await qmp(driver, vm_id, "query-named-block-nodes")
+        assert not [n for n in nodes if n["drv"] in ("nbd", "qcow2")], "the VM still holds its overlay or the cache"
+        await cache.delete_overlay(disk_id)
+        assert not Path(overlay.path).exists()
+        assert admin_read(ceph, f"disk-{disk_id}", 100 * MiB, MiB) == b"\x77" * MiB
+        assert admin_read(ceph, f"disk-{disk_id}", 0, 64 * 1024) == b"\x78" * 64 * 1024
+        assert admin_read(ceph, f"disk-{disk_id}", 64 * 1024, 4) == b"\x42" * 4  # from the image, via the clone
+
+        # the guest goes on, now on RBD: new writes land in Ceph, and it reboots to its marker again
+        assert (await driver.status(vm_id)).state == PowerState.RUNNING
+        await qemu_io(driver, vm_id, "write -P 0x79 101M 64k")
+        await qemu_io(driver, vm_id, "flush")
+        assert admin_read(ceph, f"disk-{disk_id}", 101 * MiB, 64 * 1024) == b"\x79" * 64 * 1024
+        await driver.reboot(vm_id)
+        await wait_until(lambda: console(driver, vm_id).count(MARKER) >= 2, 240, "the marker after a reboot")
+        assert (await driver.status(vm_id)).state == PowerState.RUNNING
+    finally:
+        await driver.stop(vm_id, force=True)
+        await cache.delete_overlay(disk_id)
+        await storage.delete_disk(disk_id)
+
+
+async def test_delete_removes_the_overlay_and_its_writes(
+    cache: ImageCache, image: StoredImage, driver: QemuDriver, guests: dict[str, Path]
+) -> None:
+    vm_id = str(uuid.uuid4())
+    disk_id = f"d-{vm_id[:8]}"
+    try:
+        overlay = await cache.create_overlay(disk_id, image, 64 * MiB)
+        await boot(driver, guests, vm_id, overlay.path)
+        await qemu_io(driver, vm_id, "write -P 0x55 8M 1M")
+        await qemu_io(driver, vm_id, "flush")
+        await driver.stop(vm_id, force=True)
+        await cache.delete_overlay(disk_id)
+        assert not Path(overlay.path).exists()
+        assert not Path(overlay.path).with_suffix(".json").exists()
+        # a new VM of the same image sees the image, not the deleted VM's write
+        again = await cache.create_overlay(disk_id, image, 64 * MiB)
+        check = subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x42 8M 1M", again.path], capture_output=True, text=True
+        )
+        assert "Pattern verification failed" not in check.stdout + check.stderr, check.stdout
+        assert check.returncode == 0, check.stderr
+    finally:
+        await driver.stop(vm_id, force=True)
+        await cache.delete_overlay(disk_id)
+
+
+async def test_precache_fills_the_cache_and_is_cancelled_cleanly(cache: ImageCache, image: StoredImage) -> None:
+    url = await cache.ensure_owner(image)
+    assert await cache.ensure_owner(image) == url  # one owner per image
+    pid = cache.owner_pid(image.image_id)
+    assert pid is not None and storage_daemons(str(cache.image_dir(image.image_id))) == {pid}
+
+    cache.precache("vm-a", image.image_id, 32 * MiB)
+    task = cache.precache_task("vm-a")
+    assert task is not None
+    assert await asyncio.wait_for(task, 120) == 32 * MiB
+    stats = await cache.stats(image.image_id)
+    assert stats.ceph_read_bytes >= 32 * MiB
+    assert stats.cache_bytes >= 32 * MiB
+    # reading the pre-cached range again costs Ceph nothing
+    reread = subprocess.run(
+        ["qemu-img", "bench", "-f", "raw", "-c", "8", "-s", "4M", "-S", "4M", url], capture_output=True, text=True
+    )
+    assert reread.returncode == 0, reread.stderr
+    assert (await cache.stats(image.image_id)).ceph_read_bytes == stats.ceph_read_bytes
+
+    # cancelled (as at a VM stop): the reader process is gone, the owner still serves
+    cache.precache("vm-b", image.image_id, 64 * MiB)
+    task = cache.precache_task("vm-b")
+    assert task is not None
+    await asyncio.sleep(0)
+    cache.cancel_precache("vm-b")
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert cache.owner_pid(image.image_id) == pid
+
+    # stopped by PID; the cache file stays, so the next owner starts warm
+    assert await cache.stop_owner(image.image_id)
+    assert cache.owner_pid(image.image_id) is None and not storage_daemons(str(cache.image_dir(image.image_id)))
+    assert (await cache.stats(image.image_id)).cache_bytes >= 32 * MiB
+    await cache.ensure_owner_for(image.image_id)
+    assert (await cache.stats(image.image_id)).ceph_read_bytes == 0
+    with pytest.raises(CacheError, match="no cache on this node"):
+        await cache.ensure_owner_for("never-cached")
+
+
+async def test_concurrent_readers_fetch_each_region_once(cache: ImageCache, image: StoredImage) -> None:
+    """Four readers of the whole image at once through the export: Ceph serves each byte once."""
+    url = await cache.ensure_owner(image)
+    readers = [
+        await asyncio.create_subprocess_exec(
+            "qemu-img",
+            "bench",
+            "-f",
+            "raw",
+            "-c",
+            "64",
+            "-d",
+            "4",
+            "-s",
+            "1M",
+            "-S",
+            "1M",
+            url,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    results = [await reader.communicate() for reader in readers]
+    assert all(reader.returncode == 0 for reader in readers), results
+    stats = await cache.stats(image.image_id)
+    assert stats.ceph_read_bytes <= image.virtual_size_bytes + 4 * MiB, json.dumps(stats.__dict__)
+    check = subprocess.run(
+        ["qemu-io", "-f", "raw", "-r", "-c", "read -P 0x42 0 48M", "-c", "read -P 0x43 56M 64k", url],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0 and "verification failed" not in check.stdout, check.stdout
