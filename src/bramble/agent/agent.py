@@ -85,6 +85,7 @@ class Agent:
                 networks.metadata_release = metadata.release
         if networks is not None:
             networks.security_source = lambda: control.security_state(node)
+            networks.floating_source = lambda: control.floating_ips(node)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._kick = asyncio.Event()
@@ -216,6 +217,11 @@ class Agent:
                 fresh = await self.control.desired_vm(self.node, vm_id)
                 if fresh is not None:
                     await self._converge(fresh)
+        if self.networks is not None:
+            try:  # after the plugs: mappings follow the NICs this node has
+                await self.networks.refresh_floating()
+            except Exception:  # the next pass tries again
+                log.exception("could not apply the floating IPs")
 
     async def _converge(self, desired: DesiredVm) -> None:
         vm_id = desired.spec.vm_id
@@ -349,6 +355,10 @@ class Agent:
     async def refresh_security(self) -> None:
         if self.networks is not None:
             await self.networks.refresh()
+
+    async def refresh_floating_ips(self) -> None:
+        if self.networks is not None:
+            await self.networks.refresh_floating()
 
     async def read_console(self, vm_id: str, offset: int | None, tail: int) -> ConsoleData:
         path = Path(self.compute.console_path(vm_id))

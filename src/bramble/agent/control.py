@@ -7,6 +7,7 @@ from ipaddress import IPv4Address
 from typing import Protocol
 
 from bramble.compute.driver import DesiredVm, HostFacts, VmRuntime
+from bramble.network.driver import FloatingIp
 from bramble.network.secgroups import SecurityGroup
 
 
@@ -27,3 +28,6 @@ class ControlPlane(Protocol):
 
     async def security_state(self, node: str) -> tuple[dict[str, SecurityGroup], dict[str, set[IPv4Address]]]:
         """Every security group with its rules, and each group's member addresses cloud-wide."""
+
+    async def floating_ips(self, node: str) -> list[FloatingIp]:
+        """Every floating IP mapped to a NIC of a VM placed on ``node`` (the node's whole set)."""

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
 from bramble.boot.dhcp import DhcpConfig, DhcpServer
 from bramble.boot.leases import LeaseStore, Reservation
 from bramble.compute.driver import NicAttachment, VmSpec
-from bramble.network.driver import MetadataTarget, NetworkDriver, NetworkSpec, NicSpec, Rule, SecurityPolicy
+from bramble.network.driver import (
+    FloatingIp,
+    MetadataTarget,
+    NetworkDriver,
+    NetworkSpec,
+    NicSpec,
+    Rule,
+    SecurityPolicy,
+)
 from bramble.network.secgroups import NicMembership, SecurityGroup, compile_policies
 
 log = logging.getLogger(__name__)
@@ -25,6 +33,7 @@ log = logging.getLogger(__name__)
 ALLOW_ALL = (Rule(),)
 
 SecuritySource = Callable[[], Awaitable[tuple[Mapping[str, SecurityGroup], Mapping[str, Collection[IPv4Address]]]]]
+FloatingSource = Callable[[], Awaitable[Sequence[FloatingIp]]]
 
 
 class DhcpHandle:
@@ -89,6 +98,13 @@ class NodeNetworks:
         # The metadata listener of a network (the agent sets both; None: no metadata DNAT).
         self.metadata_target: Callable[[NicAttachment], Awaitable[MetadataTarget]] | None = None
         self.metadata_release: Callable[[str], Awaitable[None]] | None = None
+        # Floating IPs: this node's mappings per the control plane (None until first asked; the agent
+        # sets the source), what the driver holds (None: unknown, so the first apply always runs), and
+        # whether the last apply failed (the reconcile loop retries).
+        self.floating_source: FloatingSource | None = None
+        self._floating: tuple[FloatingIp, ...] | None = None
+        self._floating_applied: tuple[FloatingIp, ...] | None = None
+        self.floating_stale = False
 
     def nics(self) -> list[NicAttachment]:
         return [nic for nics in self._plugged.values() for nic in nics]
@@ -139,6 +155,7 @@ class NodeNetworks:
             for tap in stale:
                 await asyncio.to_thread(self.driver.remove_tap, tap)
             await self._sync_dhcp()
+            await self._apply_floating_logged()
 
     async def unplug(self, vm_id: str) -> None:
         """Remove the VM's taps; a network's bridge and DHCP server go with its last NIC on this node."""
@@ -155,6 +172,7 @@ class NodeNetworks:
                 if self.metadata_release is not None:
                     await self.metadata_release(network_id)
             await self._sync_dhcp()
+            await self._apply_floating_logged()
 
     async def sweep_taps(self) -> list[str]:
         """Remove Bramble taps that no plugged NIC owns: left by VMs deleted while the daemon was down.
@@ -211,6 +229,45 @@ class NodeNetworks:
             self.firewall_stale = True
             raise
         self.firewall_stale = False
+
+    # ------------------------------------------------------------------ floating IPs
+    def floating(self) -> list[FloatingIp]:
+        """The mappings this node should hold: those of the NICs plugged here (a VM's go with its taps)."""
+        plugged = {(nic.bridge, IPv4Address(nic.address)) for nic in self.nics()}
+        return [f for f in self._floating or () if (f.bridge, f.private_ip) in plugged]
+
+    async def refresh_floating(self) -> None:
+        """Ask the control plane for this node's floating IPs and apply them (nothing to do when unchanged).
+
+        Raises when the driver refuses (an uplink that does not exist here): the attach that asked is undone.
+        """
+        if self.floating_source is None:
+            return
+        fetched = tuple(await self.floating_source())
+        async with self._lock:
+            self._floating = fetched
+            await self._apply_floating()
+
+    async def _apply_floating(self) -> None:
+        wanted = tuple(self.floating())
+        if wanted == self._floating_applied and not self.floating_stale:
+            return
+        try:
+            await asyncio.to_thread(self.driver.apply_floating_ips, wanted)
+        except Exception:
+            self.floating_stale = True
+            raise
+        self._floating_applied = wanted
+        self.floating_stale = False
+
+    async def _apply_floating_logged(self) -> None:
+        """After a plug or unplug: a refusal must not fail the VM (it runs, unreachable from outside)."""
+        if self._floating is None:  # not asked yet (agent start): the first refresh applies the whole set
+            return
+        try:
+            await self._apply_floating()
+        except Exception:
+            log.exception("could not apply the floating IPs; the reconcile loop retries")
 
     async def _sync_dhcp(self) -> None:
         if not self.serve_dhcp:

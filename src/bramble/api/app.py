@@ -12,7 +12,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bramble import __version__
-from bramble.api.routers import flavors, images, keypairs, machines, misc, networks, secgroups, vms, volumes
+from bramble.api.routers import (
+    flavors,
+    floating_ips,
+    images,
+    keypairs,
+    machines,
+    misc,
+    networks,
+    secgroups,
+    vms,
+    volumes,
+)
 from bramble.core.cloud import Cloud
 from bramble.core.context import new_request_id
 from bramble.core.errors import BrambleError
@@ -83,6 +94,6 @@ def create_app(cloud: Cloud) -> FastAPI:
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         return _error(500, "internal", f"internal error ({exc.__class__.__name__}); see the daemon log", request)
 
-    for module in (images, flavors, vms, volumes, networks, secgroups, keypairs, machines, misc):
+    for module in (images, flavors, vms, volumes, networks, floating_ips, secgroups, keypairs, machines, misc):
         app.include_router(module.router)
     return app

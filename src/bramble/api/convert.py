@@ -13,6 +13,7 @@ from bramble.db.models import (
     OperationRow,
     SecurityGroupRow,
     VmRow,
+    VolumeRow,
 )
 from bramble.network.driver import bridge_name, tap_name
 
@@ -46,6 +47,8 @@ def vm(
     flavor_row: FlavorRow | None = None,
     nics: list[tuple[NicRow, NetworkRow]] | None = None,
     groups: dict[str, list[tuple[str, str]]] | None = None,
+    floating: dict[str, str] | None = None,
+    volumes: list[VolumeRow] | None = None,
 ) -> schemas.Vm:
     vnc = None
     if row.vnc_display is not None and row.state in ("running", "paused"):
@@ -78,9 +81,11 @@ def vm(
                 address=nic.address,
                 tap=tap_name(nic.id),
                 security_groups=[name for _, name in (groups or {}).get(nic.id, [])],
+                floating_ip=(floating or {}).get(nic.id),
             )
             for nic, network in nics or []
         ],
+        volumes=[schemas.VmVolume(name=v.name, size_bytes=v.size_bytes, device=v.device) for v in volumes or []],
     )
 
 

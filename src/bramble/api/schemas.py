@@ -83,6 +83,15 @@ class VmNic(BaseModel):
     address: str
     tap: str
     security_groups: list[str] = []
+    floating_ip: str | None = None  # the public address mapped to this NIC (fip attach)
+
+
+class VmVolume(BaseModel):
+    """A volume attached to the VM (``device``: the hypervisor's id for the disk)."""
+
+    name: str
+    size_bytes: int
+    device: str | None = None
 
 
 class VmCreate(Strict):
@@ -128,6 +137,7 @@ class Vm(BaseModel):
     nics: list[VmNic] = []
     key_name: str | None = None
     has_user_data: bool = False
+    volumes: list[VmVolume] = []
 
 
 class ConsoleChunk(BaseModel):
@@ -389,3 +399,27 @@ class Keypair(BaseModel):
     fingerprint: str
     created_at: datetime
     private_key: str | None = Field(default=None, description="only in the answer that generated the pair")
+
+
+# ---------------------------------------------------------------- floating IPs
+class FloatingIpCreate(Strict):
+    network: str = Field(min_length=1, max_length=63, description="network (name or id) the address comes from")
+    address: str | None = Field(default=None, max_length=15, description="fixed IPv4 address; default: the next free")
+
+
+class FloatingIpAttach(Strict):
+    vm: str = Field(min_length=1, max_length=63, description="VM name or id")
+    nic: int | None = Field(
+        default=None, ge=0, le=7, description="NIC position on the VM; default: its first NIC on another network"
+    )
+
+
+class FloatingIp(BaseModel):
+    id: str
+    address: str
+    network: str
+    vm: str | None = None  # while attached
+    nic: int | None = None
+    private_address: str | None = None
+    node: str | None = None
+    created_at: datetime

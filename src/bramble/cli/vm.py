@@ -69,9 +69,14 @@ def render(vm: Vm) -> None:
             ("image", vm.image_name or vm.image_id),
             ("flavor", vm.flavor_name),
             *(
-                (f"nic{i}", f"{n.network} {n.address} {n.mac} ({n.tap}) groups {', '.join(n.security_groups) or '-'}")
+                (
+                    f"nic{i}",
+                    f"{n.network} {n.address} {n.mac} ({n.tap}) groups {', '.join(n.security_groups) or '-'}"
+                    + (f" floating {n.floating_ip}" if n.floating_ip else ""),
+                )
                 for i, n in enumerate(vm.nics)
             ),
+            *((f"volume {v.name}", f"{format_size(v.size_bytes)} ({v.device or '-'})") for v in vm.volumes),
             ("key", vm.key_name),
             ("user-data", "yes" if vm.has_user_data else None),
             ("created", vm.created_at),

@@ -8,6 +8,7 @@ from bramble.audit import store as audit
 from bramble.core.deps import CoreDeps
 from bramble.core.errors import Invalid, NotFound
 from bramble.core.flavors import FlavorService
+from bramble.core.floating_ips import FloatingIpService
 from bramble.core.images import ImageService
 from bramble.core.keypairs import KeypairService
 from bramble.core.machines import MachineService, ProfileService
@@ -30,6 +31,7 @@ class Cloud:
         self.volumes = VolumeService(deps)
         self.networks: NetworkService = self.vms.networks
         self.secgroups: SecurityGroupService = self.vms.secgroups
+        self.floating_ips = FloatingIpService(deps, self.networks)
         self.nodes = NodeService(deps)
         self.machines = MachineService(deps)
         self.profiles = ProfileService(deps)

@@ -45,6 +45,9 @@ class NodeGateway(Protocol):
     async def refresh_security(self) -> None:
         """Re-apply this node's firewall from the control plane's current groups and members."""
 
+    async def refresh_floating_ips(self) -> None:
+        """Re-apply this node's floating IP mappings (DNAT/SNAT, uplink addresses) from the control plane."""
+
 
 class NodeDirectory(Protocol):
     def gateway(self, node: str) -> NodeGateway:

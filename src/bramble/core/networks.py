@@ -20,12 +20,21 @@ from sqlalchemy import delete, func, literal, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bramble.audit import store as audit
 from bramble.compute.driver import NicAttachment
-from bramble.core.context import RequestContext
+from bramble.core.context import SYSTEM, RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NoCapacity
 from bramble.core.operations import OperationHandle
-from bramble.db.models import IpReleaseRow, NetworkRow, NicRow, NicSecurityGroupRow, VmRow, utcnow
+from bramble.db.models import (
+    FloatingIpRow,
+    IpReleaseRow,
+    NetworkRow,
+    NicRow,
+    NicSecurityGroupRow,
+    VmRow,
+    utcnow,
+)
 from bramble.ipam import (
     AddressError,
     AddressInQuarantine,
@@ -262,6 +271,15 @@ class NetworkService:
                 if users:
                     shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
                     raise Conflict(f"network {row.name!r} is in use by VM(s) {shown}; delete them first")
+                floating = sorted(
+                    (
+                        await session.scalars(select(FloatingIpRow.address).where(FloatingIpRow.network_id == row.id))
+                    ).all(),
+                    key=IPv4Address,
+                )
+                if floating:
+                    shown = ", ".join(floating[:10]) + (f" and {len(floating) - 10} more" if len(floating) > 10 else "")
+                    raise Conflict(f"network {row.name!r} holds floating IP(s) {shown}; delete them first")
                 await session.execute(delete(IpReleaseRow).where(IpReleaseRow.network_id == row.id))
                 current = await session.get(NetworkRow, row.id)
                 if current is not None:
@@ -307,24 +325,7 @@ class NetworkService:
             if mac_taken:  # one in 2^32 per NIC: draw again until the index has none
                 mac = await self._unused_mac(session, taken_macs | {mac})
             taken_macs.add(mac)
-            subnet = subnet_of(network)
-            try:
-                if req.address is not None:
-                    address = check_requested(subnet, req.address, in_use, freed, now, self.quarantine)
-                else:
-                    address = choose_address(subnet, in_use, freed, now, self.quarantine)
-            except (AddressInUse, AddressInQuarantine) as exc:
-                raise Conflict(f"network {network.name!r}: {exc}") from None
-            except AddressError as exc:
-                raise Invalid(f"network {network.name!r}: {exc}") from None
-            except NetworkExhausted as exc:
-                raise NoCapacity(f"network {network.name!r}: {exc}") from None
-            if address in freed:
-                await session.execute(
-                    delete(IpReleaseRow).where(
-                        IpReleaseRow.network_id == network.id, IpReleaseRow.address == str(address)
-                    )
-                )
+            address = await self._take(session, network, req.address, in_use, freed, now)
             nics.append(
                 NicRow(
                     id=str(uuid.uuid4()),
@@ -344,6 +345,49 @@ class NetworkService:
             raise Conflict(f"network {names} changed while the VM was being created; try again") from None
         return nics
 
+    async def allocate_address(
+        self, session: AsyncSession, network: NetworkRow, requested: str | None = None, now: datetime | None = None
+    ) -> IPv4Address:
+        """One address of ``network`` for something other than a NIC (a floating IP), in the caller's
+        write transaction: the same decision, quarantine and errors as a NIC's address.
+
+        Takes the lock NIC allocation holds (``vm-placement``), so on PostgreSQL a NIC and a floating IP
+        cannot pick the same address at once (the two tables have no common unique index).
+        """
+        await self.deps.db.serialize(session, "vm-placement")
+        now = now or utcnow()
+        in_use, freed, _ = await self._ipam_state(session, network.id, "")
+        return await self._take(session, network, requested, in_use, freed, now)
+
+    async def _take(
+        self,
+        session: AsyncSession,
+        network: NetworkRow,
+        requested: str | None,
+        in_use: set[IPv4Address],
+        freed: dict[IPv4Address, datetime],
+        now: datetime,
+    ) -> IPv4Address:
+        """IPAM's decision as an API error (409 taken or quarantined, 422 not assignable, 409 full);
+        a recycled address's release row goes."""
+        subnet = subnet_of(network)
+        try:
+            if requested is not None:
+                address = check_requested(subnet, requested, in_use, freed, now, self.quarantine)
+            else:
+                address = choose_address(subnet, in_use, freed, now, self.quarantine)
+        except (AddressInUse, AddressInQuarantine) as exc:
+            raise Conflict(f"network {network.name!r}: {exc}") from None
+        except AddressError as exc:
+            raise Invalid(f"network {network.name!r}: {exc}") from None
+        except NetworkExhausted as exc:
+            raise NoCapacity(f"network {network.name!r}: {exc}") from None
+        if address in freed:
+            await session.execute(
+                delete(IpReleaseRow).where(IpReleaseRow.network_id == network.id, IpReleaseRow.address == str(address))
+            )
+        return address
+
     @staticmethod
     async def _ipam_state(
         session: AsyncSession, network_id: str, mac: str
@@ -357,13 +401,14 @@ class NetworkService:
             IpReleaseRow.network_id == network_id
         )
         used = select(literal("u"), NicRow.address, null()).where(NicRow.network_id == network_id)
+        floating = select(literal("u"), FloatingIpRow.address, null()).where(FloatingIpRow.network_id == network_id)
         mac_rows = select(literal("m"), NicRow.mac, null()).where(NicRow.mac == mac)
         in_use: set[IPv4Address] = set()
         freed: dict[IPv4Address, datetime] = {}
         mac_taken = False
         # The releases come first: a UNION takes its column types from its first SELECT, so
         # freed_at goes through UtcDateTime and comes back timezone-aware.
-        rows: Sequence[Any] = (await session.execute(union_all(releases, used, mac_rows))).all()
+        rows: Sequence[Any] = (await session.execute(union_all(releases, used, floating, mac_rows))).all()
         for row in rows:
             kind: str = row[0]
             value: str = row[1]
@@ -396,8 +441,21 @@ class NetworkService:
         """
         now = now or utcnow()
         nics = list((await session.scalars(select(NicRow).where(NicRow.vm_id == vm_id))).all())
+        await detach_floating(session, [nic.id for nic in nics], "its VM was deleted")
         for nic in nics:
             if quarantine:
                 await session.merge(IpReleaseRow(network_id=nic.network_id, address=nic.address, freed_at=now))
             await session.delete(nic)
         return nics
+
+
+async def detach_floating(session: AsyncSession, nic_ids: Sequence[str], reason: str) -> list[FloatingIpRow]:
+    """Unmap the floating IPs of these NICs (they stay allocated, as in Neutron): one event each."""
+    if not nic_ids:
+        return []
+    rows = list((await session.scalars(select(FloatingIpRow).where(FloatingIpRow.nic_id.in_(list(nic_ids))))).all())
+    for row in rows:
+        row.nic_id = None
+        audit.record(session, actor=SYSTEM.actor, action="fip.detach", target=f"fip/{row.address}", message=reason)
+    await session.flush()  # before the NICs' delete, whatever order the unit of work picks
+    return rows

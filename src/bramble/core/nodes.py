@@ -15,11 +15,13 @@ from sqlalchemy import func, select
 from bramble.audit import store as audit
 from bramble.compute.driver import DesiredVm, HostFacts, PowerState, VmRuntime
 from bramble.core.deps import CoreDeps
+from bramble.core.floating_ips import FloatingIpService
 from bramble.core.networks import attachments_by_vm
 from bramble.core.secgroups import SecurityGroupService
 from bramble.core.vms import state_name, vm_spec
 from bramble.core.volumes import volumes_by_vm
 from bramble.db.models import ImageRow, NodeRow, VmRow, utcnow
+from bramble.network.driver import FloatingIp
 from bramble.network.secgroups import SecurityGroup
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,10 @@ class NodeService:
     async def security_state(self, node: str) -> tuple[dict[str, SecurityGroup], dict[str, set[IPv4Address]]]:
         """Every group's rules and members cloud-wide: remote groups count VMs on other nodes too."""
         return await SecurityGroupService(self.deps).state()
+
+    async def floating_ips(self, node: str) -> list[FloatingIp]:
+        """The node's floating IP mappings: the agent applies those of the NICs it has plugged."""
+        return await FloatingIpService(self.deps).node_mappings(node)
 
     async def record_event(self, node: str, action: str, target: str, message: str, outcome: str = "ok") -> None:
         """Let the agent log what it did on its own (reaping an orphan, a failed restart)."""

@@ -48,6 +48,7 @@ from bramble.db.models import (
     OperationRow,
     SecurityGroupRow,
     VmRow,
+    VolumeRow,
     utcnow,
 )
 from bramble.scheduler.placement import NodeCapacity, NoPlacement, PlacementRequest, place
@@ -150,6 +151,18 @@ class VmService:
         """(NIC, network) rows per VM id, in guest order."""
         async with self.deps.db.read() as session:
             return dict(await nics_by_vm(session, vm_ids))
+
+    async def volumes(self, vm_ids: Sequence[str] | None = None) -> dict[str, list[VolumeRow]]:
+        """Attached volumes per VM id (all VMs when ``vm_ids`` is None), by device, for ``vm show``."""
+        stmt = select(VolumeRow).where(VolumeRow.vm_id.is_not(None))
+        if vm_ids is not None:
+            stmt = stmt.where(VolumeRow.vm_id.in_(list(vm_ids)))
+        result: dict[str, list[VolumeRow]] = {}
+        async with self.deps.db.read() as session:
+            for row in (await session.scalars(stmt.order_by(VolumeRow.device, VolumeRow.name))).all():
+                assert row.vm_id is not None
+                result.setdefault(row.vm_id, []).append(row)
+        return result
 
     async def spec(self, row: VmRow, image: ImageRow | None) -> VmSpec:
         """The driver's view of a VM with its NICs read fresh."""

@@ -263,3 +263,22 @@ class VolumeRow(Base):
     device: Mapped[str | None] = mapped_column(String(32))  # the QEMU device id while attached
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class FloatingIpRow(Base):
+    """A public address taken from a network by the same IPAM as NICs; while attached, mapped 1:1 to a NIC.
+
+    It stays allocated when its VM goes (``nic_id`` becomes NULL), as a Neutron floating IP does; only a
+    delete gives the address back (into quarantine).
+    """
+
+    __tablename__ = "floating_ips"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id", ondelete="RESTRICT"), index=True)
+    address: Mapped[str] = mapped_column(String(15))
+    # one floating IP per NIC: the SNAT of the NIC's own traffic must have one answer
+    nic_id: Mapped[str | None] = mapped_column(ForeignKey("nics.id", ondelete="SET NULL"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("network_id", "address", name="uq_floating_ips_network_address"),)

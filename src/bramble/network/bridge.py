@@ -229,6 +229,8 @@ class BridgeDriver(NetworkDriver):
             commands = floating_commands(floating)
         except ValueError as exc:
             raise NetworkError(f"invalid floating IPs (nothing applied): {exc}") from None
+        if floating:  # the public address is DNATed to a VM behind a bridge: the host routes between them
+            _write_sysctl(IP_FORWARD, "1", "floating IPs need IPv4 forwarding")
         self._nft.apply(commands)
         self._sync_uplink_addresses(floating)
 

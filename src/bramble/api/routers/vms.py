@@ -19,8 +19,14 @@ CONSOLE_TAIL_DEFAULT = 16 * 1024
 async def list_vms(cloud: CloudDep, ctx: ContextDep) -> list[schemas.Vm]:
     rows = await cloud.vms.list_all()
     nics = await cloud.vms.nics()
-    groups = await cloud.secgroups.groups_of([nic.id for items in nics.values() for nic, _ in items])
-    return [convert.vm(vm, image, flavor, nics.get(vm.id), groups) for vm, image, flavor in rows]
+    nic_ids = [nic.id for items in nics.values() for nic, _ in items]
+    groups = await cloud.secgroups.groups_of(nic_ids)
+    floating = await cloud.floating_ips.by_nic(nic_ids)
+    volumes = await cloud.vms.volumes()
+    return [
+        convert.vm(vm, image, flavor, nics.get(vm.id), groups, floating, volumes.get(vm.id))
+        for vm, image, flavor in rows
+    ]
 
 
 async def _with_nics(
@@ -28,7 +34,9 @@ async def _with_nics(
 ) -> schemas.Vm:
     nics = (await cloud.vms.nics([vm.id])).get(vm.id, [])
     groups = await cloud.secgroups.groups_of([nic.id for nic, _ in nics])
-    return convert.vm(vm, image, flavor, nics, groups)
+    floating = await cloud.floating_ips.by_nic([nic.id for nic, _ in nics])
+    volumes = (await cloud.vms.volumes([vm.id])).get(vm.id, [])
+    return convert.vm(vm, image, flavor, nics, groups, floating, volumes)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
