@@ -177,6 +177,10 @@ class ComputeDriver(ABC):
         """
         raise ComputeError(f"the {self.name} compute driver cannot move disks of running VMs")
 
+    async def disk_read_bytes(self, vm_id: str) -> dict[str, int]:
+        """Bytes the guest has read from each disk since its hypervisor started, by device id."""
+        return {}
+
 
 @dataclass(frozen=True)
 class DesiredVm:

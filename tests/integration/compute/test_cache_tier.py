@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from tests.ceph_cluster import CephCluster
 
+from bramble.agent.cache import NodeCache
 from bramble.compute.driver import DiskAttachment, PowerState, VmSpec
 from bramble.compute.qemu.driver import QemuDriver
 from bramble.storage.cache import CacheError, ImageCache
@@ -359,3 +360,75 @@ async def test_concurrent_readers_fetch_each_region_once(cache: ImageCache, imag
         text=True,
     )
     assert check.returncode == 0 and "verification failed" not in check.stdout, check.stdout
+
+
+async def test_node_cache_hit_ratio_release_and_offline_drop(
+    ceph: CephCluster,
+    storage: RbdStorageDriver,
+    cache: ImageCache,
+    image: StoredImage,
+    driver: QemuDriver,
+    guests: dict[str, Path],
+) -> None:
+    """The agent's side: pre-cache at start, the hit ratio `vm show` reports, owners released by
+    PID when no running VM needs them, and a drop of a stopped VM (commit into an RBD clone)."""
+    node = NodeCache(cache, driver, storage, precache_bytes=16 * MiB)
+    vm_id, other_vm, rbd_vm = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    disk_id, other_disk = f"d-{vm_id[:8]}", f"d-{other_vm[:8]}"
+    try:
+        disk = await node.prepare_disk(disk_id, image, 128 * MiB)
+        spec = spec_for(guests, vm_id, disk.path)
+        assert node.cached_image(spec) == image.image_id
+        await node.before_start(spec)
+        await boot(driver, guests, vm_id, disk.path)
+        node.after_start(spec)
+        precache = cache.precache_task(vm_id)
+        assert precache is not None and await asyncio.wait_for(precache, 120) == 16 * MiB
+        first = await node.stats(spec, [spec])
+        assert first is not None and first.hit_ratio is not None
+        assert first.served_bytes >= 16 * MiB and first.ceph_read_bytes >= 16 * MiB
+        assert first.hit_ratio < 0.1  # everything so far came from Ceph
+
+        # a second VM of the image: its boot and its pre-cache are served by the node's cache
+        second = await node.prepare_disk(other_disk, image, 128 * MiB)
+        other = spec_for(guests, other_vm, second.path)
+        await node.before_start(other)
+        await boot(driver, guests, other_vm, second.path)
+        node.after_start(other)
+        precache = cache.precache_task(other_vm)
+        assert precache is not None and await asyncio.wait_for(precache, 120) == 16 * MiB
+        again = await node.stats(spec, [spec, other])
+        assert again is not None and again.hit_ratio is not None
+        assert again.ceph_read_bytes == first.ceph_read_bytes
+        assert again.served_bytes >= first.served_bytes + 16 * MiB
+        assert again.hit_ratio >= 0.45
+        print(f"hit ratio {first.hit_ratio:.2f} after one VM, {again.hit_ratio:.2f} after two")
+        assert again.cache_bytes >= 16 * MiB
+        await driver.stop(other_vm, force=True)
+        node.after_stop(other_vm)
+
+        await qemu_io(driver, vm_id, "write -P 0x66 90M 1M")
+        await qemu_io(driver, vm_id, "flush")
+        await driver.stop(vm_id, force=True)
+        node.after_stop(vm_id)
+        assert await node.release_unused([spec]) == []  # within the grace period of its start
+        assert await node.release_unused([], grace=0) == [image.image_id]
+        assert cache.owner_pid(image.image_id) is None
+
+        # drop while stopped: the overlay's writes are committed into a new RBD clone
+        clone = await node.drop(vm_id, disk_id, image, running=False)
+        assert not cache.overlay_path(disk_id).exists()
+        assert admin_read(ceph, f"disk-{disk_id}", 90 * MiB, MiB) == b"\x66" * MiB
+        assert admin_read(ceph, f"disk-{disk_id}", 0, 4) == b"\x42" * 4
+        started = await driver.start(
+            VmSpec(**{**spec.__dict__, "vm_id": rbd_vm, "disks": (DiskAttachment(clone.path, format="raw"),)})
+        )
+        assert started.state == PowerState.RUNNING
+        await wait_until(lambda: MARKER in console(driver, rbd_vm), 240, "the marker from the RBD clone")
+    finally:
+        for vm in (vm_id, other_vm, rbd_vm):
+            await driver.stop(vm, force=True)
+        await node.close()
+        for made in (disk_id, other_disk):
+            await cache.delete_overlay(made)
+        await storage.delete_disk(disk_id)

@@ -710,6 +710,16 @@ class QemuDriver(ComputeDriver):
             # the old node was added by -blockdev: the monitor still holds it (and its files) open
             await self._qmp(vm, "blockdev-del", {"node-name": node_name})
 
+    async def disk_read_bytes(self, vm_id: str) -> dict[str, int]:
+        """query-blockstats: the guest-side read counter of each disk device (``disk0-dev``, ...)."""
+        vm = self._running(vm_id)
+        found: dict[str, int] = {}
+        for entry in await self._qmp(vm, "query-blockstats"):
+            parts = str(entry.get("qdev", "")).split("/")  # /machine/peripheral/<id>/virtio-backend
+            if len(parts) > 3 and parts[2] == "peripheral":
+                found[parts[3]] = int(entry.get("stats", {}).get("rd_bytes", 0))
+        return found
+
     async def _wait_job(self, vm: _Vm, job: str, states: tuple[str, ...], timeout: float) -> None:
         """Poll query-jobs until ``job`` is in one of ``states`` ("null": gone), or raise."""
         deadline = time.monotonic() + timeout
