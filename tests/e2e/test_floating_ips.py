@@ -50,13 +50,15 @@ while True:
 class Outside:
     """A client namespace joined to the daemon's namespace by a veth: the public side."""
 
-    def __init__(self, d: NsDaemon, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path) -> None:
         tag = secrets.token_hex(3)
         self.ns = f"bfo{tag}"
         self.uplink = f"bfu{tag}"  # in the daemon's namespace: the public network's uplink
         self.peers = tmp_path / "peers.txt"
         self.peers.touch()
         self.listener: subprocess.Popen[bytes] | None = None
+
+    def setup(self, d: NsDaemon) -> None:
         subprocess.run(["ip", "netns", "add", self.ns], check=True, timeout=15)
         self._check(d.run("ip", "link", "add", self.uplink, "type", "veth", "peer", "name", "eth0", "netns", self.ns))
         self._check(d.run("ip", "addr", "add", f"{HOST_SIDE}/24", "dev", self.uplink))
@@ -95,14 +97,13 @@ class Outside:
 
 @pytest.fixture
 def outside(ns_daemon: NsDaemon, tmp_path: Path) -> Iterator[Outside]:
-    made: list[Outside] = []
+    side = Outside(tmp_path)
     try:
-        made.append(Outside(ns_daemon, tmp_path))
-        yield made[0]
+        side.setup(ns_daemon)
+        yield side
     finally:
-        for o in made:
-            with contextlib.suppress(Exception):
-                o.close()
+        with contextlib.suppress(Exception):
+            side.close()
 
 
 def test_floating_ip_in_and_out_then_detached(ns_daemon: NsDaemon, outside: Outside, guests: dict[str, Path]) -> None:

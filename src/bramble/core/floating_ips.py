@@ -328,7 +328,10 @@ class FloatingIpService:
             if row is not None:
                 row.nic_id = nic_id
         if node is not None:
-            await self._refresh_node(node, "")
+            try:
+                await self._refresh_node(node, "")
+            except Exception:  # the node marked its mappings stale: its reconcile loop applies them
+                log.exception("node %s could not re-apply its floating IPs", node)
 
     def _gateway(self, node: str | None, vm: str) -> NodeGateway:
         if node is None:

@@ -108,7 +108,7 @@ async def test_full_public_network_is_409(api: httpx.AsyncClient, services: Serv
 
 
 async def test_attach_maps_on_the_node_and_detach_unmaps(api: httpx.AsyncClient, services: Services) -> None:
-    lan, public, vm = await setup_cloud(api)
+    lan, _, _ = await setup_cloud(api)
     fip = await make_fip(api)
     attached = await api.post(f"/v1/floating-ips/{fip['address']}/attach", json={"vm": "web"})
     assert attached.status_code == 200, attached.text
