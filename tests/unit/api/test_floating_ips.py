@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+import anyio
 import httpx
 import pytest
 from sqlalchemy import select, update
@@ -268,3 +269,37 @@ async def test_vm_show_lists_attached_volumes(api: httpx.AsyncClient) -> None:
     assert shown["volumes"] == [{"name": "data", "size_bytes": 1 << 30, "device": device}]
     listed = (await api.get("/v1/vms")).json()
     assert listed[0]["volumes"] == shown["volumes"]
+
+
+async def concurrent_nics_and_floating_ips(api: httpx.AsyncClient, each: int) -> None:
+    """``each`` VM creates with a NIC and ``each`` floating IP creates on one network, all at once:
+    every address is handed out once, across both tables (the IPAM query reads both)."""
+    await make_image(api)
+    await make_net(api, "shared", "10.90.0.0/24")
+    accepted: list[str] = []
+    fip_statuses: list[int] = []
+
+    async def create_vm(i: int) -> None:
+        body = {"name": f"v{i}", "image": "tiny", "cpus": 1, "memory_mib": 64, "disk_gib": 1, "start": False}
+        response = await api.post("/v1/vms", json={**body, "nics": [{"network": "shared"}]})
+        assert response.status_code == 202, response.text
+        accepted.append(response.json()["operation"]["id"])
+
+    async def create_fip() -> None:
+        fip_statuses.append((await api.post("/v1/floating-ips", json={"network": "shared"})).status_code)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(each):
+            tg.start_soon(create_vm, i)
+            tg.start_soon(create_fip)
+    for op_id in accepted:
+        assert (await wait_operation(api, op_id, deadline=60))["status"] == "succeeded"
+    assert fip_statuses == [201] * each
+    nic_addresses = [n["address"] for vm in (await api.get("/v1/vms")).json() for n in vm["nics"]]
+    fip_addresses = [f["address"] for f in (await api.get("/v1/floating-ips")).json()]
+    assert len(nic_addresses) == len(fip_addresses) == each
+    assert len(set(nic_addresses) | set(fip_addresses)) == 2 * each
+
+
+async def test_concurrent_nics_and_floating_ips_never_share_an_address(api: httpx.AsyncClient) -> None:
+    await concurrent_nics_and_floating_ips(api, 20)
