@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +97,11 @@ def veth_namespaces() -> Iterator[tuple[str, str]]:
 class Server:
     """One server process in the server namespace, with its config and lease file in ``work``."""
 
-    def __init__(self, name: str, ns: str, work: Path, profile: Path | None = None) -> None:
-        self.name, self.ns, self.work, self.profile = name, ns, work, profile
+    def __init__(
+        self, name: str, ns: str, work: Path, profile: Path | None = None, wrapper: Sequence[str] = ()
+    ) -> None:
+        """``wrapper`` goes before the server's command line (e.g. valgrind, see dhcp_instructions.py)."""
+        self.name, self.ns, self.work, self.profile, self.wrapper = name, ns, work, profile, list(wrapper)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = work / "server.log"
 
@@ -144,7 +147,7 @@ class Server:
             )
             argv = ["dnsmasq", "--keep-in-foreground", f"--log-facility={self.log}", f"--conf-file={conf}"]
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, *argv],
+            ["ip", "netns", "exec", self.ns, *self.wrapper, *argv],
             stdout=subprocess.PIPE,
             stderr=open(self.work / "stderr", "ab"),  # noqa: SIM115 - closed with the process
             env=env,
@@ -158,25 +161,34 @@ class Server:
             if line.strip() != b"ready":
                 raise RuntimeError(f"bramble did not start: {(self.work / 'stderr').read_text()[-2000:]}")
             return
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (60 if self.wrapper else 10)
         while time.monotonic() < deadline:  # kea and dnsmasq: listening on UDP 67 in the namespace
             out = subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-lun"], capture_output=True, text=True)
-            if ":67 " in out.stdout or (self.name == "kea" and time.monotonic() > deadline - 8):
+            if ":67 " in out.stdout or (self.name == "kea" and self._kea_listening()):
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {(self.work / 'stderr').read_text()[-2000:]}")
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} is not listening on port 67")
 
-    def cpu_seconds(self) -> float:
-        """utime + stime of the server (``ip netns exec`` execs it, so the PID is the server's)."""
+    def _kea_listening(self) -> bool:
+        """Kea (raw sockets) has opened its packet socket: the namespace's packet table has a row."""
+        assert self.proc is not None
+        try:
+            return len(Path(f"/proc/{self.proc.pid}/net/packet").read_text().splitlines()) > 1
+        except OSError:
+            return False
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(utime, stime) of the server (``ip netns exec`` execs it, so the PID is the server's)."""
         if self.proc is None:
-            return 0.0
+            return 0.0, 0.0
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return 0.0, 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def stop(self) -> None:
         if self.proc is None:
@@ -201,6 +213,7 @@ class Point:
     sent_request: int
     acks: int
     server_cpu: float = 0.0  # CPU seconds the server process used during the point
+    server_sys: float = 0.0  # the part of it spent in the kernel (sockets, lease file writes)
 
     @property
     def zero_drop(self) -> bool:
@@ -235,17 +248,17 @@ def run_point(
         try:
             server.start()
             time.sleep(0.5)  # raw sockets and interface detection settle (Kea)
-            cpu0 = server.cpu_seconds()
+            user0, sys0 = server.cpu_seconds()
             perf = subprocess.run(
                 ["ip", "netns", "exec", client_ns, "perfdhcp", "-4", "-l", "veth-c", "-r", str(rate),
                  "-R", "1000000", "-p", str(seconds), "-W", "1000000"],
                 capture_output=True, text=True, timeout=seconds + 60, check=False,
             )  # fmt: skip
-            cpu = server.cpu_seconds() - cpu0
+            user1, sys1 = server.cpu_seconds()
         finally:
             server.stop()
         point = parse_perfdhcp(perf.stdout, name, rate, seconds)
-        point.server_cpu = cpu
+        point.server_cpu, point.server_sys = user1 - user0 + sys1 - sys0, sys1 - sys0
         note = "" if point.sent_discover else (perf.stdout + perf.stderr)[-300:].replace("\n", " ")
         return point, note
 
@@ -287,8 +300,8 @@ def main() -> int:
                         notes.append(f"{name} @ {rate}/s: {note}")
                     print(
                         f"  {name:8s} {rate:6d}/s: DISCOVER {point.sent_discover} OFFER {point.offers} "
-                        f"REQUEST {point.sent_request} ACK {point.acks} server CPU {point.server_cpu:.2f} s"
-                        + ("  zero drops" if point.zero_drop else ""),
+                        f"REQUEST {point.sent_request} ACK {point.acks} server CPU {point.server_cpu:.2f} s "
+                        f"({point.server_sys:.2f} s kernel)" + ("  zero drops" if point.zero_drop else ""),
                         flush=True,
                     )
     report(names, rates, points, args.seconds)

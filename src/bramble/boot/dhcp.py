@@ -156,6 +156,10 @@ class DhcpConfig:
     # Derived once, used per packet: option values that never change, and the subnet as integers.
     _options: Mapping[int, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
     _net: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
+    # Reply option blocks by (the client's option 55, lease seconds): see _reply.
+    _blocks: dict[tuple[bytes, int | None], dict[int, bytes]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         options: dict[int, bytes] = {OPT_SUBNET_MASK: option_ip(self.subnet.netmask)}
@@ -470,10 +474,6 @@ def _lease_seconds(request: DhcpPacket, config: DhcpConfig) -> int:
     return config.lease_seconds
 
 
-# Encoded options 51, 58 and 59 per lease length: nearly every reply uses the configured one.
-_LEASE_TIMES: dict[int, tuple[bytes, bytes, bytes]] = {}
-
-
 def _reply(
     request: DhcpPacket,
     config: DhcpConfig,
@@ -483,15 +483,24 @@ def _reply(
     now: float,
 ) -> DhcpPacket:
     available = _available_options(request, config)
+    wanted = request.options.get(OPT_PARAM_REQUEST_LIST, b"")
+    shared = available is config._options  # no per-client hostname: the block depends on (55, lease) only
+    block = config._blocks.get((wanted, lease_seconds)) if shared else None
+    if block is None:
+        block = _option_block(available, wanted, lease_seconds)
+        if shared and len(config._blocks) < 256:  # clients choose 55 and 51: keep the cache bounded
+            config._blocks[wanted, lease_seconds] = block
+    return reply_to(request, mtype, yiaddr, config.server_ip, block)
+
+
+def _option_block(available: Mapping[int, bytes], wanted: bytes, lease_seconds: int | None) -> dict[int, bytes]:
+    """A reply's options after 53/54: lease times, then what the client asked for in its order, then defaults."""
     options: dict[int, bytes] = {}
     if lease_seconds is not None:  # not for INFORM: RFC 2131 4.3.5
-        times = _LEASE_TIMES.get(lease_seconds)
-        if times is None:
-            times = (option_u32(lease_seconds), option_u32(lease_seconds // 2), option_u32(lease_seconds * 7 // 8))
-            if len(_LEASE_TIMES) < 1024:  # clients may ask for any shorter lease: keep the cache bounded
-                _LEASE_TIMES[lease_seconds] = times
-        options[OPT_LEASE_TIME], options[OPT_RENEWAL_TIME], options[OPT_REBINDING_TIME] = times
-    for code in request.options.get(OPT_PARAM_REQUEST_LIST, b""):  # in the client's order
+        options[OPT_LEASE_TIME] = option_u32(lease_seconds)
+        options[OPT_RENEWAL_TIME] = option_u32(lease_seconds // 2)
+        options[OPT_REBINDING_TIME] = option_u32(lease_seconds * 7 // 8)
+    for code in wanted:
         value = available.get(code)
         if value is not None:
             options[code] = value
@@ -500,7 +509,7 @@ def _reply(
             value = available.get(code)
             if value is not None:
                 options[code] = value
-    return reply_to(request, mtype, yiaddr, config.server_ip, options)
+    return options
 
 
 def _available_options(request: DhcpPacket, config: DhcpConfig) -> Mapping[int, bytes]:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from socket import inet_ntoa
 from typing import Any, Literal, get_args
 
 __all__ = ["Lease", "LeaseFileError", "LeaseState", "LeaseStore", "Pool", "Reservation", "normalise_mac"]
@@ -616,8 +617,9 @@ def _line(lease: Lease) -> bytes:
     hostname = "null" if lease.hostname is None else json.dumps(lease.hostname)
     client_id = "null" if lease.client_id is None else f'"{lease.client_id}"'
     free_since = "null" if lease.free_since is None else repr(lease.free_since)
+    ip = inet_ntoa(lease.ip.packed)  # str(IPv4Address) formats in Python: 5x slower
     return (
-        f'{{"ip": "{lease.ip}", "mac": "{lease.mac}", "state": "{lease.state}", "expires_at": {lease.expires_at!r}, '
+        f'{{"ip": "{ip}", "mac": "{lease.mac}", "state": "{lease.state}", "expires_at": {lease.expires_at!r}, '
         f'"free_since": {free_since}, "hostname": {hostname}, "client_id": {client_id}}}\n'
     ).encode()
 

@@ -17,8 +17,10 @@ from typing import Literal
 
 from bramble.boot.leases import normalise_mac
 from bramble.proto.dhcp import (
+    OPT_CLIENT_ARCH,
     OPT_CLIENT_UUID,
     OPT_IPXE_ENCAP,
+    OPT_USER_CLASS,
     OPT_VENDOR_CLASS,
     DhcpDecodeError,
     DhcpPacket,
@@ -42,6 +44,8 @@ ARCH_NAMES: Mapping[int, str] = {
     19: "uefi-arm64-http",
 }
 _HTTP_ARCHES = frozenset({15, 16, 18, 19})
+# The options from_request reads; a request with none of them is an ordinary DHCP client.
+_CLIENT_OPTIONS = frozenset((OPT_VENDOR_CLASS, OPT_USER_CLASS, OPT_CLIENT_ARCH, OPT_CLIENT_UUID, OPT_IPXE_ENCAP))
 
 BootKind = Literal["loader", "script", "http-loader"]
 
@@ -79,6 +83,9 @@ class PxeClient:
 
     @classmethod
     def from_request(cls, request: DhcpPacket) -> PxeClient:
+        options = request.options
+        if options.keys().isdisjoint(_CLIENT_OPTIONS):  # most clients: nothing to read
+            return cls(request.mac, None, None, None, (), False, False, None)
         try:
             arch = request.client_arch
         except DhcpDecodeError:

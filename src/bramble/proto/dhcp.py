@@ -206,7 +206,12 @@ class DhcpPacket:
     @property
     def message_type(self) -> int | None:
         """None for plain BOOTP (no option 53)."""
-        return _opt_uint(self.options, OPT_MESSAGE_TYPE, 1)
+        raw = self.options.get(OPT_MESSAGE_TYPE)  # read several times per packet served: inlined
+        if raw is None:
+            return None
+        if len(raw) != 1:
+            raise DhcpDecodeError(f"option {OPT_MESSAGE_TYPE} has length {len(raw)}, expected 1")
+        return raw[0]
 
     @property
     def requested_ip(self) -> IPv4Address | None:
@@ -325,8 +330,12 @@ def _rfc3004_items(raw: bytes) -> list[bytes] | None:
 # --- decode ----------------------------------------------------------------------------------------
 
 
-def _parse_area(area: bytes, where: str, segments: list[tuple[int, bytes]]) -> None:
-    """Append ``(code, value)`` segments of one option area; stop at END or the area's end."""
+def _parse_area(area: bytes, where: str, out: dict[int, bytes]) -> None:
+    """Add one option area's options to ``out``; stop at END or the area's end.
+
+    RFC 3396: a code that appears again (here or in an earlier area) is one option, concatenated in
+    order of appearance; areas are parsed in the RFC's order (options, file, sname).
+    """
     i = 0
     n = len(area)
     while i < n:
@@ -338,19 +347,15 @@ def _parse_area(area: bytes, where: str, segments: list[tuple[int, bytes]]) -> N
             return
         if i + 1 >= n:
             raise DhcpDecodeError(f"option {code} in {where} has no length byte")
-        length = area[i + 1]
-        if i + 2 + length > n:
-            raise DhcpDecodeError(f"option {code} in {where} overruns the buffer ({length} bytes)")
-        segments.append((code, area[i + 2 : i + 2 + length]))
-        i += 2 + length
-
-
-def _concat(segments: Iterable[tuple[int, bytes]]) -> dict[int, bytes]:
-    """RFC 3396: repeated codes are one option, concatenated in order of appearance."""
-    out: dict[int, bytes] = {}
-    for code, value in segments:
-        out[code] = out.get(code, b"") + value
-    return out
+        end = i + 2 + area[i + 1]
+        if end > n:
+            raise DhcpDecodeError(f"option {code} in {where} overruns the buffer ({area[i + 1]} bytes)")
+        value = area[i + 2 : end]
+        if code in out:
+            out[code] += value
+        else:
+            out[code] = value
+        i = end
 
 
 def _ip4(raw: bytes) -> IPv4Address:
@@ -370,44 +375,45 @@ def decode(data: bytes) -> DhcpPacket:
     if data[HEADER_SIZE:MIN_PACKET_SIZE] != MAGIC_COOKIE:
         raise DhcpDecodeError(f"wrong magic cookie {data[HEADER_SIZE:MIN_PACKET_SIZE].hex()}")
 
-    main: list[tuple[int, bytes]] = []
-    _parse_area(data[MIN_PACKET_SIZE:], "options", main)
-    options = _concat(main)
+    options: dict[int, bytes] = {}
+    _parse_area(data[MIN_PACKET_SIZE:], "options", options)
 
-    overload = options.pop(OPT_OVERLOAD, None)
+    overload = options.get(OPT_OVERLOAD)
     if overload is not None:
         if len(overload) != 1 or overload[0] not in (OVERLOAD_FILE, OVERLOAD_SNAME, OVERLOAD_BOTH):
             raise DhcpDecodeError(f"bad option 52 (overload) value {overload.hex()}")
-        extra: list[tuple[int, bytes]] = []
         # RFC 3396 §5: options field, then file, then sname.
         if overload[0] & OVERLOAD_FILE:
-            _parse_area(file, "file", extra)
+            _parse_area(file, "file", options)
             file = b""
         if overload[0] & OVERLOAD_SNAME:
-            _parse_area(sname, "sname", extra)
+            _parse_area(sname, "sname", options)
             sname = b""
-        if any(code == OPT_OVERLOAD for code, _ in extra):
+        if options[OPT_OVERLOAD] != overload:
             raise DhcpDecodeError("option 52 inside an overloaded field")
-        options = _concat([*main, *extra])
-        options.pop(OPT_OVERLOAD)
+        del options[OPT_OVERLOAD]
 
-    return DhcpPacket(
-        op=op,
-        htype=htype,
-        hlen=hlen,
-        hops=hops,
-        xid=xid,
-        secs=secs,
-        flags=flags,
-        ciaddr=_ip4(ciaddr),
-        yiaddr=_ip4(yiaddr),
-        siaddr=_ip4(siaddr),
-        giaddr=_ip4(giaddr),
-        chaddr=chaddr,
-        sname=sname,
-        file=file,
-        options=options,
-    )
+    # Built without __init__: every field is already in its normalised form (one packet per datagram).
+    packet = object.__new__(DhcpPacket)
+    packet.__dict__ = {
+        "op": op,
+        "htype": htype,
+        "hlen": hlen,
+        "hops": hops,
+        "xid": xid,
+        "secs": secs,
+        "flags": flags,
+        "ciaddr": _ip4(ciaddr),
+        "yiaddr": _ip4(yiaddr),
+        "siaddr": _ip4(siaddr),
+        "giaddr": _ip4(giaddr),
+        "chaddr": chaddr,
+        "sname": sname.rstrip(b"\0"),
+        "file": file.rstrip(b"\0"),
+        "options": options,
+        "client_max_size": None,
+    }
+    return packet
 
 
 # --- encode ----------------------------------------------------------------------------------------
@@ -553,6 +559,8 @@ def pxe_reply_options(discovery_control: int = PXE_DISCOVERY_SKIP, ipxe: bool = 
 
 def max_reply_size(request: DhcpPacket) -> int:
     """The client's option 57, never below 576 (smaller values are illegal and mean a broken client)."""
+    if OPT_MAX_MESSAGE_SIZE not in request.options:
+        return DEFAULT_MAX_SIZE  # the common case, once per reply
     try:
         size = request.max_message_size
     except DhcpDecodeError:
@@ -583,31 +591,34 @@ def reply_to(
     opts: dict[int, bytes] = {OPT_MESSAGE_TYPE: bytes((message_type,))}
     if server_id is not None:
         opts[OPT_SERVER_ID] = option_ip(server_id)
-    for code, value in (options or {}).items():
-        if code not in (OPT_MESSAGE_TYPE, OPT_SERVER_ID):
-            opts[code] = value
+    if options:
+        if OPT_MESSAGE_TYPE in options or OPT_SERVER_ID in options:
+            options = {code: value for code, value in options.items() if code not in (OPT_MESSAGE_TYPE, OPT_SERVER_ID)}
+        opts.update(options)
     relay = request.options.get(OPT_RELAY_AGENT_INFO)
     if relay is not None:
         opts.pop(OPT_RELAY_AGENT_INFO, None)
         opts[OPT_RELAY_AGENT_INFO] = relay
-    return DhcpPacket(
-        op=BOOTREPLY,
-        htype=request.htype,
-        hlen=request.hlen,
-        hops=0,
-        xid=request.xid,
-        secs=0,
-        flags=request.flags,
-        ciaddr=request.ciaddr if message_type == DHCPACK else _ZERO,
-        yiaddr=_ZERO if yiaddr is None or message_type == DHCPNAK else _as_ip(yiaddr),
-        siaddr=_ZERO if siaddr is None else _as_ip(siaddr),
-        giaddr=request.giaddr,
-        chaddr=request.chaddr,
-        sname=_text_field(sname),
-        file=_text_field(file),
-        options=opts,
-        client_max_size=max_reply_size(request),
-    )
+    packet = object.__new__(DhcpPacket)  # every field below is already normalised: skip __init__
+    packet.__dict__ = {
+        "op": BOOTREPLY,
+        "htype": request.htype,
+        "hlen": request.hlen,
+        "hops": 0,
+        "xid": request.xid,
+        "secs": 0,
+        "flags": request.flags,
+        "ciaddr": request.ciaddr if message_type == DHCPACK else _ZERO,
+        "yiaddr": _ZERO if yiaddr is None or message_type == DHCPNAK else _as_ip(yiaddr),
+        "siaddr": _ZERO if siaddr is None else _as_ip(siaddr),
+        "giaddr": request.giaddr,
+        "chaddr": bytes(request.chaddr).ljust(16, b"\0"),
+        "sname": _text_field(sname) if sname else b"",
+        "file": _text_field(file) if file else b"",
+        "options": opts,
+        "client_max_size": max_reply_size(request),
+    }
+    return packet
 
 
 # --- client architectures (RFC 4578 §2.1 + IANA "Processor Architecture Types") ---------------------

@@ -310,3 +310,19 @@ def test_non_dhcp_and_server_messages_are_ignored() -> None:
     bootp = decode(encode(DhcpPacket(xid=1, chaddr=MAC_A)))
     assert decide(bootp, store, CONFIG, T0).outcome == "ignored"
     assert decide(packet(DHCPOFFER), store, CONFIG, T0).outcome == "ignored"
+
+
+def test_shared_reply_options_never_carry_one_clients_answer_into_anothers() -> None:
+    """Replies share option blocks per (option 55, lease time): boot options and lease times stay per client."""
+    config = replace(CONFIG, boot_file_for=PxePolicy(tftp_server=SERVER, http_base="http://10.9.0.1:8471").choose)
+    store = store_for(config)
+    wanted = {55: bytes([1, 3, 66, 67])}
+    pxe = handle(packet(DHCPDISCOVER, options={**wanted, 60: b"PXEClient:Arch:00000", 93: b"\0\0"}), store, config, T0)
+    assert pxe is not None and pxe.options[67] == b"undionly.kpxe\0" and 43 in pxe.options
+    plain = handle(packet(DHCPDISCOVER, MAC_B, options=wanted), store, config, T0)
+    assert plain is not None and plain.file == b""
+    assert not {43, 60, 66, 67} & set(plain.options), plain.options
+    short = handle(packet(DHCPDISCOVER, MAC_R, options={**wanted, 51: option_u32(600)}), store, config, T0)
+    again = handle(packet(DHCPDISCOVER, bytes.fromhex("02000000000c"), options=wanted), store, config, T0)
+    assert short is not None and short.options[51] == option_u32(600) and short.options[58] == option_u32(300)
+    assert again is not None and again.options[51] == option_u32(3600)
