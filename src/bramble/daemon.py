@@ -34,9 +34,11 @@ from bramble.core.deps import CoreDeps
 from bramble.core.gateway import NodeGateway
 from bramble.core.observations import Observation, ObservationLog
 from bramble.core.operations import OperationRunner
+from bramble.core.pools import default_pool_spec
 from bramble.db.migrate import upgrade
 from bramble.db.session import Database
 from bramble.storage.driver import StorageDriver
+from bramble.storage.registry import StorageRegistry
 
 if TYPE_CHECKING:
     from bramble.boot.role import BootObservation, BootRole
@@ -124,6 +126,7 @@ class Services:
     admin_token: str | None
     boot: BootRole | None = None
     observations: ObservationLog | None = None
+    storage_pools: StorageRegistry | None = None
 
     async def close(self) -> None:
         if self.boot is not None:
@@ -133,6 +136,8 @@ class Services:
         if self.agent is not None:
             await self.agent.stop()
         await self.cloud.deps.runner.drain(timeout=5)
+        if self.storage_pools is not None:
+            await self.storage_pools.close()
         await self.db.dispose()
 
 
@@ -158,11 +163,23 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
     await upgrade(db)
     nodes = LocalNodes()
     storage = make_storage(settings)
+    # one driver per storage pool; the default pool's is the one built from [storage]
+    pools = StorageRegistry(settings.state_dir)
+    pools.adopt(default_pool_spec(settings), storage)
     runner = OperationRunner(db)
     inventory = Inventory(settings.inventory_path, settings.boot.default_profile)
     cloud = Cloud(
-        CoreDeps(db=db, runner=runner, settings=settings, nodes=nodes, image_store=storage, inventory=inventory)
+        CoreDeps(
+            db=db,
+            runner=runner,
+            settings=settings,
+            nodes=nodes,
+            image_store=storage,
+            inventory=inventory,
+            storage_pools=pools,
+        )
     )
+    await cloud.pools.ensure_default()
     await cloud.recover()
     token = await ensure_admin_token(cloud, settings.admin_token_path) if "api" in settings.roles else None
     agent = None
@@ -185,6 +202,7 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
             seed_dir=settings.state_dir / "seeds",
             # real bridges only: the fake network driver has no DNAT to bring guests to a listener
             metadata=MetadataService() if networks.serve_dhcp else None,
+            pools=pools,
         )
         nodes.agents[node] = agent
         await agent.start()
@@ -193,7 +211,7 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
     if "boot" in settings.roles:
         boot, observations = await start_boot_role(settings, db, inventory)
         cloud.deps.boot = boot
-    return Services(settings, db, cloud, agent, token, boot, observations)
+    return Services(settings, db, cloud, agent, token, boot, observations, pools)
 
 
 async def start_boot_role(settings: Settings, db: Database, inventory: Inventory) -> tuple[BootRole, ObservationLog]:

@@ -32,6 +32,7 @@ from bramble.compute.driver import (
 )
 from bramble.compute.seed import build_seed_iso
 from bramble.storage.driver import StorageDriver, StoredDisk, StoredImage
+from bramble.storage.pools import PoolSpec, StoragePools
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,12 @@ class Agent:
         networks: NodeNetworks | None = None,
         seed_dir: Path | None = None,
         metadata: MetadataService | None = None,
+        pools: StoragePools | None = None,
     ) -> None:
         self.node = node
         self.compute = compute
-        self.storage = storage
+        self.storage = storage  # the default pool's driver
+        self.pools = pools  # every pool's driver, built from the specs requests carry
         self.control = control
         self.accel = accel
         self.accel_reason = accel_reason
@@ -234,7 +237,7 @@ class Agent:
             if want in ("running", "paused") and runtime.state in (PowerState.STOPPED, PowerState.CRASHED):
                 if not self._may_restart(vm_id):
                     return
-                if desired.disk_id and not await self.storage.disk_exists(desired.disk_id):
+                if desired.disk_id and not await self._storage_for(desired.disk_pool).disk_exists(desired.disk_id):
                     raise ComputeError("its disk is missing")
                 runtime = await self.compute.start(await self._seeded(self._placed(desired.spec)))
                 runtime.extra["accel"] = self._placed(desired.spec).accel
@@ -286,11 +289,19 @@ class Agent:
         return failures is None or time.monotonic() >= failures[1]
 
     # ------------------------------------------------------------------ gateway (called by operations)
-    async def prepare_disk(self, disk_id: str, image: StoredImage, size_bytes: int) -> StoredDisk:
-        return await self.storage.clone_disk(disk_id, image, size_bytes)
+    def _storage_for(self, pool: PoolSpec | None) -> StorageDriver:
+        """The driver of ``pool``, made on first use (one Ceph connection per pool on this node)."""
+        if pool is None or self.pools is None:
+            return self.storage
+        return self.pools.driver(pool)
 
-    async def delete_disk(self, disk_id: str) -> None:
-        await self.storage.delete_disk(disk_id)
+    async def prepare_disk(
+        self, disk_id: str, image: StoredImage, size_bytes: int, pool: PoolSpec | None = None
+    ) -> StoredDisk:
+        return await self._storage_for(pool).clone_disk(disk_id, image, size_bytes)
+
+    async def delete_disk(self, disk_id: str, pool: PoolSpec | None = None) -> None:
+        await self._storage_for(pool).delete_disk(disk_id)
 
     async def start_vm(self, spec: VmSpec) -> VmRuntime:
         placed = self._placed(spec)

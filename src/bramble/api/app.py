@@ -20,6 +20,7 @@ from bramble.api.routers import (
     machines,
     misc,
     networks,
+    pools,
     secgroups,
     vms,
     volumes,
@@ -94,6 +95,6 @@ def create_app(cloud: Cloud) -> FastAPI:
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         return _error(500, "internal", f"internal error ({exc.__class__.__name__}); see the daemon log", request)
 
-    for module in (images, flavors, vms, volumes, networks, floating_ips, secgroups, keypairs, machines, misc):
+    for module in (images, flavors, vms, volumes, pools, networks, floating_ips, secgroups, keypairs, machines, misc):
         app.include_router(module.router)
     return app

@@ -33,6 +33,7 @@ def image(row: ImageRow) -> schemas.Image:
         has_initrd=row.initrd_path is not None,
         cmdline=row.cmdline,
         error=row.error,
+        pool=row.pool,
         created_at=row.created_at,
     )
 
@@ -74,6 +75,7 @@ def vm(
         updated_at=row.updated_at,
         key_name=row.key_name,
         has_user_data=row.user_data is not None,
+        pool=row.pool,
         nics=[
             schemas.VmNic(
                 network=network.name,

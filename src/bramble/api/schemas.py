@@ -38,6 +38,7 @@ class ImageCreate(Strict):
     )
     source_kernel_url: str | None = None
     source_initrd_url: str | None = None
+    pool: str | None = Field(default=None, max_length=63, description="storage pool; default: the default pool")
 
 
 class Image(BaseModel):
@@ -52,6 +53,7 @@ class Image(BaseModel):
     has_initrd: bool = False
     cmdline: str | None = None
     error: str | None = None
+    pool: str | None = None  # storage pool
     created_at: datetime
 
 
@@ -109,6 +111,9 @@ class VmCreate(Strict):
     )
     key: str | None = Field(default=None, max_length=63, description="keypair name or id (cloud-init SSH key)")
     user_data: str | None = Field(default=None, max_length=65536, description="cloud-init user-data, <= 64 KiB")
+    pool: str | None = Field(
+        default=None, max_length=63, description="storage pool of the VM's disk; default: the image's pool"
+    )
 
 
 class VmAction(Strict):
@@ -137,6 +142,7 @@ class Vm(BaseModel):
     nics: list[VmNic] = []
     key_name: str | None = None
     has_user_data: bool = False
+    pool: str | None = None  # storage pool of the VM's disk
     volumes: list[VmVolume] = []
 
 

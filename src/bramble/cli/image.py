@@ -21,6 +21,7 @@ from bramble.api.schemas import Image, ImageCreate
 from bramble.cli import operation
 from bramble.cli.client import Client, CliError, body, client_from, complete_images, parse, parse_list, seg
 from bramble.cli.output import JsonOut, deleted, emit, human_bytes, panel, state, stderr, table
+from bramble.cli.transfer import download_to
 
 app = typer.Typer(help="Import and manage boot images.", no_args_is_help=True)
 
@@ -55,6 +56,7 @@ def render(image: Image) -> None:
             ("size", human_bytes(image.size_bytes)),
             ("virtual size", human_bytes(image.virtual_size_bytes)),
             ("boot parts", _boot_parts(image)),
+            ("pool", image.pool),
             ("cmdline", image.cmdline),
             ("created", image.created_at),
         ],
@@ -116,11 +118,12 @@ def import_(
     kernel: Annotated[str | None, typer.Option(help="Kernel for direct boot: file or URL, like the disk.")] = None,
     initrd: Annotated[str | None, typer.Option(help="Initrd for direct boot: file or URL, like the disk.")] = None,
     cmdline: Annotated[str | None, typer.Option(help="Kernel command line for direct boot.")] = None,
+    pool: Annotated[str | None, typer.Option(help="Storage pool (default: the default pool).")] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Import an image: upload local files, or have the server download URLs."""
     client = client_from(ctx)
-    fields = {"name": name, "arch": arch, "cmdline": cmdline}
+    fields = {"name": name, "arch": arch, "cmdline": cmdline, "pool": pool}
     if _is_url(source):
         data = _from_urls(client, fields, source, kernel, initrd)
     else:
@@ -163,6 +166,18 @@ def show(ctx: typer.Context, name: ImageName, json_out: JsonOut = False) -> None
     data = client_from(ctx).get(_path(name))
     image = parse(Image, data)
     emit(data, json_out, lambda: render(image))
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    name: ImageName,
+    target: Annotated[str, typer.Argument(metavar="FILE|-", help="Raw image file to write, or - for stdout.")],
+) -> None:
+    """Export an image's disk as a raw image (a qcow2 comes out converted)."""
+    download_to(client_from(ctx), f"{_path(name)}/export", target, f"export {name}")
+    if target != "-":
+        stderr().print(f"exported image {name} to {target}")
 
 
 @app.command()

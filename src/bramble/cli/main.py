@@ -11,7 +11,22 @@ from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
 from bramble.api.schemas import HealthInfo
-from bramble.cli import event, fip, flavor, image, keypair, machine, net, node, operation, profile, secgroup, vm, volume
+from bramble.cli import (
+    event,
+    fip,
+    flavor,
+    image,
+    keypair,
+    machine,
+    net,
+    node,
+    operation,
+    pool,
+    profile,
+    secgroup,
+    vm,
+    volume,
+)
 from bramble.cli.client import CliError, client_from, parse
 from bramble.cli.output import JsonOut, emit, fail
 
@@ -50,6 +65,7 @@ app.add_typer(image.app, name="image")
 app.add_typer(flavor.app, name="flavor")
 app.add_typer(vm.app, name="vm")
 app.add_typer(volume.app, name="volume")
+app.add_typer(pool.app, name="pool")
 app.add_typer(net.app, name="net")
 app.add_typer(fip.app, name="fip")
 app.add_typer(secgroup.app, name="secgroup")

@@ -67,6 +67,7 @@ def render(vm: Vm) -> None:
             ("memory", format_size(vm.memory_mib * MIB)),
             ("disk", format_size(vm.disk_gib * GIB)),
             ("image", vm.image_name or vm.image_id),
+            ("pool", vm.pool),
             ("flavor", vm.flavor_name),
             *(
                 (
@@ -142,6 +143,9 @@ def create(
     user_data: Annotated[
         Path | None, typer.Option("--user-data", help="cloud-init user-data file (at most 64 KiB).", metavar="FILE")
     ] = None,
+    pool: Annotated[
+        str | None, typer.Option("--pool", help="Storage pool of its disk (default: the image's pool).")
+    ] = None,
     no_wait: NoWait = False,
     json_out: JsonOut = False,
 ) -> None:
@@ -162,6 +166,7 @@ def create(
         security_groups=security_group or None,
         key=key,
         user_data=_read_user_data(user_data) if user_data is not None else None,
+        pool=pool,
     )
     client = client_from(ctx)
     _after(client, client.post("/v1/vms", request), name, no_wait=no_wait, json_out=json_out, brief=False)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from bramble.cli.client import CHUNK_SIZE, CliError, client_from, name_completer, seg
 from bramble.cli.output import JsonOut, deleted, emit, human_bytes, panel, parse_size, state, stderr, table
+from bramble.cli.transfer import download_to
+from bramble.cli.transfer import progress as _progress
 
 MIB = 1024 * 1024
 
@@ -52,18 +52,6 @@ def render(vol: dict[str, Any]) -> None:
             ("created", vol["created_at"]),
         ],
     )
-
-
-def _progress() -> Progress:
-    console = stderr()
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    return Progress(*columns, console=console, disable=not console.is_terminal)
 
 
 @app.command()
@@ -196,34 +184,9 @@ def export(
     if not name or (source.endswith("@") and not snapshot):
         raise CliError(f"bad source {source!r}: use VOLUME or VOLUME@SNAPSHOT")
     params = {"snapshot": snapshot} if snapshot else None
-    client = client_from(ctx)
+    download_to(client_from(ctx), f"{_path(name)}/export", target, f"export {source}", params=params)
     if target == "-":
-        out = sys.stdout.buffer
-        client.download(f"{_path(name)}/export", out.write, params=params)
-        out.flush()
         return
-    file = Path(target)
-    partial = file.with_name(f".{file.name}.partial")
-    try:
-        with _progress() as progress, partial.open("wb") as out_file:
-            task = progress.add_task(f"export {source}", total=None)
-
-            def write(chunk: bytes) -> None:
-                out_file.write(chunk)
-                progress.advance(task, len(chunk))
-
-            client.download(
-                f"{_path(name)}/export",
-                write,
-                params=params,
-                on_total=lambda total: progress.update(task, total=total),
-            )
-        partial.replace(file)
-    except OSError as exc:
-        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink()
     stderr().print(f"exported {source} to {target}")
 
 

@@ -10,6 +10,10 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bramble.storage.pools import PoolSpec
 
 
 class PowerState(enum.StrEnum):
@@ -189,6 +193,7 @@ class DesiredVm:
     spec: VmSpec
     desired_state: str  # running | stopped | paused
     disk_id: str | None = None
+    disk_pool: PoolSpec | None = None  # the storage pool holding the disk; None: the node's default
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from bramble.core.keypairs import KeypairService
 from bramble.core.machines import MachineService, ProfileService
 from bramble.core.networks import NetworkService
 from bramble.core.nodes import NodeService
+from bramble.core.pools import PoolService
 from bramble.core.secgroups import SecurityGroupService
 from bramble.core.tokens import TokenService
 from bramble.core.vms import VmService
@@ -29,6 +30,7 @@ class Cloud:
         self.keypairs = KeypairService(deps)
         self.vms = VmService(deps)
         self.volumes = VolumeService(deps)
+        self.pools = PoolService(deps)
         self.networks: NetworkService = self.vms.networks
         self.secgroups: SecurityGroupService = self.vms.secgroups
         self.floating_ips = FloatingIpService(deps, self.networks)

@@ -14,6 +14,7 @@ from bramble.core.gateway import BootGateway, InventoryStore, NodeDirectory
 from bramble.core.operations import OperationRunner
 from bramble.db.session import Database
 from bramble.storage.driver import StorageDriver
+from bramble.storage.pools import StoragePools
 
 Row = TypeVar("Row")
 
@@ -28,6 +29,8 @@ class CoreDeps:
     # The bare-metal inventory (files) and the boot role; None when this daemon has neither.
     inventory: InventoryStore | None = None
     boot: BootGateway | None = None
+    # One driver per storage pool (``image_store`` is the default pool's); None: the default only.
+    storage_pools: StoragePools | None = None
 
 
 async def find_by_ref(session: AsyncSession, model: type[Row], ref: str, kind: str) -> Row:

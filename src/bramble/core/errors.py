@@ -41,6 +41,13 @@ class NoCapacity(BrambleError):
     http_status = 409
 
 
+class Unavailable(BrambleError):
+    """A backend the request needs (a Ceph cluster) did not answer in time; retry later."""
+
+    code = "unavailable"
+    http_status = 503
+
+
 class ActionFailed(BrambleError):
     """A step on a node failed; what was done has been undone."""
 

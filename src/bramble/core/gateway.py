@@ -11,12 +11,16 @@ from typing import Literal, Protocol
 from bramble.boot.records import InventoryProblem, Machine, Profile, WriteResult
 from bramble.compute.driver import ConsoleData, DiskAttachment, VmRuntime, VmSpec
 from bramble.storage.driver import StoredDisk, StoredImage
+from bramble.storage.pools import PoolSpec
 
 
 class NodeGateway(Protocol):
-    async def prepare_disk(self, disk_id: str, image: StoredImage, size_bytes: int) -> StoredDisk: ...
+    async def prepare_disk(
+        self, disk_id: str, image: StoredImage, size_bytes: int, pool: PoolSpec | None = None
+    ) -> StoredDisk:
+        """Clone ``image`` into a VM disk in ``pool`` (None: the node's default pool)."""
 
-    async def delete_disk(self, disk_id: str) -> None: ...
+    async def delete_disk(self, disk_id: str, pool: PoolSpec | None = None) -> None: ...
 
     async def start_vm(self, spec: VmSpec) -> VmRuntime: ...
 

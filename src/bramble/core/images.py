@@ -15,8 +15,9 @@ from bramble.core.context import RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid
 from bramble.core.operations import OperationHandle
+from bramble.core.pools import pool_of, resolve_pool, storage_failure
 from bramble.db.models import ImageRow, OperationRow, VmRow, utcnow
-from bramble.storage.driver import StorageError, StoredImage
+from bramble.storage.driver import StorageDriver, StorageError, StoredImage
 
 IMAGE_PARTS = ("disk", "kernel", "initrd")
 DOWNLOAD_CHUNK = 1024 * 1024
@@ -29,6 +30,7 @@ def image_summary(row: ImageRow) -> dict[str, object]:
         "status": row.status,
         "format": row.format,
         "virtual_size_bytes": row.virtual_size_bytes,
+        "pool": row.pool,
     }
 
 
@@ -69,6 +71,7 @@ class ImageService:
         source_url: str | None = None,
         kernel_url: str | None = None,
         initrd_url: str | None = None,
+        pool: str | None = None,
     ) -> tuple[ImageRow, OperationRow | None]:
         """Register an image. With URLs the server fetches the parts in an operation."""
         target = f"image/{name}"
@@ -95,6 +98,8 @@ class ImageService:
                 async with self.deps.db.write() as session:
                     if await session.scalar(select(ImageRow.id).where(ImageRow.name == name)):
                         raise Conflict(f"image {name!r} already exists")
+                    # in the inserting transaction: a pool being deleted cannot miss the new image
+                    row.pool = (await resolve_pool(session, pool)).name
                     session.add(row)
             except IntegrityError:
                 raise Conflict(f"image {name!r} already exists") from None
@@ -103,11 +108,12 @@ class ImageService:
 
         async def work(op: OperationHandle) -> dict[str, object]:
             op.undo.push("remove the image row", lambda: self._remove(row.id))
-            op.undo.push("remove stored parts", lambda: self.store.delete_image(row.id))
+            store = await self._store(row)
+            op.undo.push("remove stored parts", lambda: store.delete_image(row.id))
             await self._set_status(row.id, "importing")
             wanted = [(part, url) for part, url in urls.items() if url]
             for index, (part, url) in enumerate(wanted):
-                await self._download(op, row.id, part, url, index, len(wanted))
+                await self._download(op, store, row.id, part, url, index, len(wanted))
             active = await self._activate(row.id)
             op.after = image_summary(active)
             return {"image_id": row.id}
@@ -115,7 +121,13 @@ class ImageService:
         op_row = await self.deps.runner.submit(ctx, "image.import", target, work)
         return row, op_row
 
-    async def _download(self, op: OperationHandle, image_id: str, part: str, url: str, index: int, count: int) -> None:
+    async def _store(self, row: ImageRow) -> StorageDriver:
+        """The driver of the image's pool."""
+        return (await pool_of(self.deps, row.pool))[1]
+
+    async def _download(
+        self, op: OperationHandle, store: StorageDriver, image_id: str, part: str, url: str, index: int, count: int
+    ) -> None:
         limit = self.deps.settings.storage.max_image_bytes
         try:
             async with (
@@ -141,7 +153,7 @@ class ImageService:
                             await op.progress(share * 100, f"downloading {part}: {received} bytes")
                         yield chunk
 
-                await self.store.write_image(image_id, chunks(), part=part)
+                await store.write_image(image_id, chunks(), part=part)
         except httpx.HTTPError as exc:
             raise Invalid(f"cannot download {url}: {exc}") from None
 
@@ -164,9 +176,9 @@ class ImageService:
                     yield chunk
 
             try:
-                return await self.store.write_image(row.id, bounded(), part=part)
+                return await (await self._store(row)).write_image(row.id, bounded(), part=part)
             except StorageError as exc:
-                raise Invalid(str(exc)) from None
+                raise storage_failure(exc) from None
 
     async def activate(self, ctx: RequestContext, ref: str) -> ImageRow:
         async with self.deps.runner.validating(ctx, "image.import", f"image/{ref}"):
@@ -184,7 +196,7 @@ class ImageService:
 
     async def _activate(self, image_id: str) -> ImageRow:
         try:
-            stored = await self.store.finalize_image(image_id)
+            stored = await (await self._store(await self.get(image_id))).finalize_image(image_id)
         except StorageError as exc:
             raise Invalid(str(exc)) from None
         async with self.deps.db.write() as session:
@@ -217,9 +229,36 @@ class ImageService:
                 if current is not None:
                     await session.delete(current)
             # Files go after the row: a failure leaves an orphan file, never a row without files.
-            await self.store.delete_image(row.id)
+            await (await self._store(row)).delete_image(row.id)
 
         await self.deps.runner.run(ctx, "image.delete", f"image/{row.name}", work)
+
+    async def export(self, ctx: RequestContext, ref: str) -> tuple[int, AsyncIterator[bytes]]:
+        """(size, raw byte stream) of an active image's disk; the first chunk is read before
+        answering, so a missing image or an unreachable pool is a clean 4xx/503, not a cut stream."""
+        async with self.deps.runner.validating(ctx, "image.export", f"image/{ref}"):
+            row = await self.get(ref)
+            if row.status != "active":
+                raise Conflict(f"image {row.name!r} is {row.status}; only active images can be exported")
+            store = await self._store(row)
+            try:
+                stream = store.export_image(row.id)
+                first = await anext(stream, b"")
+            except StorageError as exc:
+                raise storage_failure(exc, f"exporting image {row.name!r}") from None
+            except NotImplementedError as exc:
+                raise Invalid(str(exc)) from None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                if first:
+                    yield first
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
+        return row.virtual_size_bytes or 0, chunks()
 
     async def _set_status(self, image_id: str, status: str) -> None:
         async with self.deps.db.write() as session:

@@ -17,6 +17,7 @@ from bramble.compute.driver import DesiredVm, HostFacts, PowerState, VmRuntime
 from bramble.core.deps import CoreDeps
 from bramble.core.floating_ips import FloatingIpService
 from bramble.core.networks import attachments_by_vm
+from bramble.core.pools import pool_specs
 from bramble.core.secgroups import SecurityGroupService
 from bramble.core.vms import state_name, vm_spec
 from bramble.core.volumes import volumes_by_vm
@@ -85,11 +86,13 @@ class NodeService:
             ).all()
             nics = await attachments_by_vm(session, [vm.id for vm, _ in rows])
             volumes = await volumes_by_vm(session, [vm.id for vm, _ in rows])
+            pools = await pool_specs(session)
         return [
             DesiredVm(
                 spec=vm_spec(vm, image, nics.get(vm.id, []), volumes.get(vm.id, [])),
                 desired_state=vm.desired_state,
                 disk_id=vm.id,
+                disk_pool=pools.get(vm.pool),
             )
             for vm, image in rows
             if not self.deps.runner.is_busy(f"vm/{vm.name}")
@@ -107,13 +110,14 @@ class NodeService:
             ).first()
             nics = await attachments_by_vm(session, [vm_id])
             volumes = await volumes_by_vm(session, [vm_id])
+            pools = await pool_specs(session)
         if row is None:
             return None
         vm, image = row
         if vm.state in TRANSITIONAL or self.deps.runner.is_busy(f"vm/{vm.name}"):
             return None
         spec = vm_spec(vm, image, nics.get(vm.id, []), volumes.get(vm.id, []))
-        return DesiredVm(spec=spec, desired_state=vm.desired_state, disk_id=vm.id)
+        return DesiredVm(spec=spec, desired_state=vm.desired_state, disk_id=vm.id, disk_pool=pools.get(vm.pool))
 
     async def known_vm_ids(self, node: str) -> set[str]:
         """Every VM the database places on ``node``, whatever its state."""

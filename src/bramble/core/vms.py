@@ -35,6 +35,7 @@ from bramble.core.gateway import NodeGateway
 from bramble.core.images import stored_image
 from bramble.core.networks import NetworkService, NicRequest, attachments_by_vm, nics_by_vm
 from bramble.core.operations import OperationHandle
+from bramble.core.pools import check_same_pool, pool_spec, resolve_pool, spec_of
 from bramble.core.secgroups import SecurityGroupService
 from bramble.core.volumes import attached_volumes
 from bramble.db.models import (
@@ -72,6 +73,7 @@ class VmRequest:
     security_groups: tuple[str, ...] = ()  # names or ids, for every NIC; none: the default group
     key: str | None = None  # keypair name or id; its public key is copied into the VM
     user_data: str | None = None  # cloud-init user-data, at most MAX_USER_DATA bytes of UTF-8
+    pool: str | None = None  # storage pool of the VM's disk; default: the image's pool
 
 
 def vm_summary(row: VmRow) -> dict[str, Any]:
@@ -85,6 +87,7 @@ def vm_summary(row: VmRow) -> dict[str, Any]:
         "disk_gib": row.disk_gib,
         "node": row.node,
         "pid": row.pid,
+        "pool": row.pool,
     }
 
 
@@ -192,8 +195,9 @@ class VmService:
             op.undo.push("remove the VM row", lambda: self._delete_row(row.id, quarantine=guest_ran))
             gateway = self._gateway(row)
             await op.progress(10, "creating disk")
-            disk = await gateway.prepare_disk(row.id, stored_image(image), row.disk_gib * GIB)
-            op.undo.push("delete the disk", lambda: gateway.delete_disk(row.id))
+            pool = await spec_of(self.deps, row.pool)
+            disk = await gateway.prepare_disk(row.id, stored_image(image), row.disk_gib * GIB, pool)
+            op.undo.push("delete the disk", lambda: gateway.delete_disk(row.id, pool))
             await self._update(row.id, disk_path=disk.path)
             row.disk_path = disk.path
             if req.start:
@@ -220,12 +224,15 @@ class VmService:
             networks = await self.networks.resolve(session, req.nics)  # unknown: a 404 before anything
             groups = [await find_by_ref(session, SecurityGroupRow, g, "security group") for g in req.security_groups]
             keypair = await find_by_ref(session, KeypairRow, req.key, "keypair") if req.key else None
+            image_pool = await resolve_pool(session, image.pool)
+            disk_pool = await resolve_pool(session, req.pool) if req.pool is not None else image_pool
         if req.user_data is not None and len(req.user_data.encode()) > MAX_USER_DATA:
             raise Invalid(f"user-data is {len(req.user_data.encode())} bytes; at most {MAX_USER_DATA} are allowed")
         if groups and not req.nics:
             raise Invalid("security groups apply to NICs; give --net as well")
         if image.status != "active":
             raise Conflict(f"image {image.name!r} is {image.status}, not active")
+        check_same_pool(image, pool_spec(image_pool), pool_spec(disk_pool))
         cpus = req.cpus or (flavor.cpus if flavor else None)
         memory = req.memory_mib or (flavor.memory_mib if flavor else None)
         disk = req.disk_gib or (flavor.disk_gib if flavor else None)
@@ -257,6 +264,7 @@ class VmService:
             key_name=keypair.name if keypair else None,
             ssh_public_key=keypair.public_key if keypair else None,
             user_data=req.user_data,
+            pool=disk_pool.name,
             created_at=utcnow(),
             updated_at=utcnow(),
         )
@@ -267,6 +275,7 @@ class VmService:
                 await self.deps.db.serialize(session, "vm-placement")
                 if await session.scalar(select(VmRow.id).where(VmRow.name == req.name)):
                     raise Conflict(f"a VM named {req.name!r} already exists")
+                await resolve_pool(session, row.pool)  # still there: a pool delete cannot miss this disk
                 row.node = await self._place(session, arch, cpus, memory)
                 row.vnc_display = await self._free_vnc_display(session)
                 session.add(row)
@@ -400,7 +409,7 @@ class VmService:
             try:
                 gateway = self._gateway(vm)
                 await gateway.destroy_vm(vm.id)
-                await gateway.delete_disk(vm.id)
+                await gateway.delete_disk(vm.id, await spec_of(self.deps, vm.pool))
             except Exception as exc:
                 await self._update(vm.id, state="error", state_reason=f"delete failed: {exc}")
                 raise

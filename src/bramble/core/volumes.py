@@ -23,8 +23,9 @@ from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, NotFound
 from bramble.core.gateway import NodeGateway
 from bramble.core.operations import OperationHandle
+from bramble.core.pools import pool_of, resolve_pool, storage_failure
 from bramble.db.models import VmRow, VolumeRow, utcnow
-from bramble.storage.driver import DiskSnapshot, StorageError, StoredDisk
+from bramble.storage.driver import DiskSnapshot, StorageDriver, StorageError, StoredDisk
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -41,7 +42,13 @@ def volume_state(row: VolumeRow) -> str:
 
 
 def volume_summary(row: VolumeRow) -> dict[str, Any]:
-    return {"name": row.name, "size_bytes": row.size_bytes, "state": volume_state(row), "vm_id": row.vm_id}
+    return {
+        "name": row.name,
+        "size_bytes": row.size_bytes,
+        "state": volume_state(row),
+        "vm_id": row.vm_id,
+        "pool": row.pool,
+    }
 
 
 def disk_id_of(row: VolumeRow) -> str:
@@ -116,14 +123,10 @@ class VolumeService:
             raise Invalid(f"volume size {size_bytes} bytes is over the limit of {MAX_VOLUME_BYTES}")
 
     async def _insert(self, name: str, size_bytes: int, pool: str | None) -> VolumeRow:
-        if pool is not None and pool != self._pool():
-            raise Invalid(f"unknown pool {pool!r}; this cloud stores volumes in {self._pool()!r}")
         row = VolumeRow(
             id=str(uuid.uuid4()),
             name=name,
             size_bytes=size_bytes,
-            driver=self.store.name,
-            pool=self._pool(),
             state="creating",
             format="qcow2",
             created_at=utcnow(),
@@ -133,15 +136,17 @@ class VolumeService:
             async with self.deps.db.write() as session:
                 if await session.scalar(select(VolumeRow.id).where(VolumeRow.name == name)):
                     raise Conflict(f"volume {name!r} already exists")
+                # in the inserting transaction: a pool being deleted cannot miss the new volume
+                pool_row = await resolve_pool(session, pool)
+                row.driver, row.pool = pool_row.driver, pool_row.name
                 session.add(row)
         except IntegrityError:
             raise Conflict(f"volume {name!r} already exists") from None
         return row
 
-    def _pool(self) -> str:
-        if self.store.name == "rbd":
-            return self.deps.settings.storage.ceph_pool
-        return self.store.name
+    async def _store(self, row: VolumeRow) -> StorageDriver:
+        """The driver of the volume's pool."""
+        return (await pool_of(self.deps, row.pool))[1]
 
     async def create(self, ctx: RequestContext, name: str, size_bytes: int, pool: str | None = None) -> VolumeRow:
         target = f"volume/{name}"
@@ -152,8 +157,9 @@ class VolumeService:
 
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.undo.push("remove the volume row", lambda: self._remove_row(row.id))
-            disk = await self._storage(self.store.create_volume(disk_id_of(row), size_bytes))
-            op.undo.push("delete the volume's disk", lambda: self.store.delete_disk(disk_id_of(row)))
+            store = await self._store(row)
+            disk = await self._storage(store.create_volume(disk_id_of(row), size_bytes))
+            op.undo.push("delete the volume's disk", lambda: store.delete_disk(disk_id_of(row)))
             await self._set_disk(row.id, disk)
             current = await self.get(row.id)
             op.after = volume_summary(current)
@@ -172,7 +178,7 @@ class VolumeService:
             await self._refuse_attached(current, "delete")
             op.before = volume_summary(current)
             # The disk goes first: a failure leaves the row (retry works), never a row without data.
-            await self._storage(self.store.delete_disk(disk_id_of(current)))
+            await self._storage((await self._store(current)).delete_disk(disk_id_of(current)))
             await self._remove_row(row.id)
 
         await self.deps.runner.run(ctx, "volume.delete", f"volume/{row.name}", work)
@@ -196,7 +202,7 @@ class VolumeService:
                 elif live is not None and live.state not in ("stopped", "error"):
                     raise Conflict(f"VM {live.name!r} is {live.state}; resize while it runs or is stopped")
                 else:
-                    disk = await self._storage(self.store.resize_disk(disk_id_of(row), size_bytes))
+                    disk = await self._storage((await self._store(row)).resize_disk(disk_id_of(row), size_bytes))
             await self._set_disk(row.id, disk)
             op.after = volume_summary(await self.get(row.id))
             return {"volume_id": row.id}
@@ -274,7 +280,7 @@ class VolumeService:
 
     async def snapshots(self, ref: str) -> list[DiskSnapshot]:
         row = await self.get(ref)
-        return await self._storage(self.store.snapshot_list(disk_id_of(row)))
+        return await self._storage((await self._store(row)).snapshot_list(disk_id_of(row)))
 
     async def snapshot_create(self, ctx: RequestContext, ref: str, snapshot: str) -> DiskSnapshot:
         """Taken while detached, so the guest's page cache cannot hold unwritten data."""
@@ -282,12 +288,14 @@ class VolumeService:
             row = await self.get(ref)
             self._check_snapshot(snapshot)
             await self._refuse_attached(row, "snapshot")
-            if any(s.name == snapshot for s in await self._storage(self.store.snapshot_list(disk_id_of(row)))):
+            if any(
+                s.name == snapshot for s in await self._storage((await self._store(row)).snapshot_list(disk_id_of(row)))
+            ):
                 raise Conflict(f"volume {row.name!r} already has a snapshot {snapshot!r}")
         made: list[DiskSnapshot] = []
 
         async def work(op: OperationHandle) -> dict[str, Any]:
-            made.append(await self._storage(self.store.snapshot_create(disk_id_of(row), snapshot)))
+            made.append(await self._storage((await self._store(row)).snapshot_create(disk_id_of(row), snapshot)))
             op.after = {"snapshot": snapshot}
             return {"volume_id": row.id, "snapshot": snapshot}
 
@@ -295,7 +303,9 @@ class VolumeService:
         return made[0]
 
     async def _existing_snapshot(self, row: VolumeRow, snapshot: str) -> None:
-        if not any(s.name == snapshot for s in await self._storage(self.store.snapshot_list(disk_id_of(row)))):
+        if not any(
+            s.name == snapshot for s in await self._storage((await self._store(row)).snapshot_list(disk_id_of(row)))
+        ):
             raise NotFound(f"volume {row.name!r} has no snapshot {snapshot!r}")
 
     async def snapshot_rollback(self, ctx: RequestContext, ref: str, snapshot: str) -> None:
@@ -305,7 +315,7 @@ class VolumeService:
             await self._existing_snapshot(row, snapshot)
 
         async def work(op: OperationHandle) -> dict[str, Any]:
-            await self._storage(self.store.snapshot_rollback(disk_id_of(row), snapshot))
+            await self._storage((await self._store(row)).snapshot_rollback(disk_id_of(row), snapshot))
             op.after = {"rolled_back_to": snapshot}
             return {"volume_id": row.id, "snapshot": snapshot}
 
@@ -318,7 +328,7 @@ class VolumeService:
 
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.before = {"snapshot": snapshot}
-            await self._storage(self.store.snapshot_delete(disk_id_of(row), snapshot))
+            await self._storage((await self._store(row)).snapshot_delete(disk_id_of(row), snapshot))
             return {"volume_id": row.id, "snapshot": snapshot}
 
         await self.deps.runner.run(ctx, "volume.snapshot.delete", f"volume/{row.name}", work)
@@ -328,7 +338,7 @@ class VolumeService:
             row = await self.get(ref)
 
         async def work(op: OperationHandle) -> dict[str, Any]:
-            await self._storage(self.store.flatten_disk(disk_id_of(row)))
+            await self._storage((await self._store(row)).flatten_disk(disk_id_of(row)))
             return {"volume_id": row.id}
 
         await self.deps.runner.run(ctx, "volume.flatten", f"volume/{row.name}", work)
@@ -342,22 +352,25 @@ class VolumeService:
             row = await self.get(ref)
             if snapshot is not None:
                 await self._existing_snapshot(row, snapshot)
-                size = next(s.size_bytes for s in await self.store.snapshot_list(disk_id_of(row)) if s.name == snapshot)
+                snaps = await self._storage((await self._store(row)).snapshot_list(disk_id_of(row)))
+                size = next(s.size_bytes for s in snaps if s.name == snapshot)
             else:
                 await self._refuse_attached(row, "export (export a snapshot instead)")
                 size = row.size_bytes
         try:
-            stream = self.store.export_disk(disk_id_of(row), snapshot=snapshot)
+            stream = (await self._store(row)).export_disk(disk_id_of(row), snapshot=snapshot)
         except NotImplementedError as exc:
             raise Invalid(str(exc)) from None
         return size, stream
 
-    async def import_(self, ctx: RequestContext, name: str, chunks: AsyncIterator[bytes]) -> VolumeRow:
+    async def import_(
+        self, ctx: RequestContext, name: str, chunks: AsyncIterator[bytes], pool: str | None = None
+    ) -> VolumeRow:
         """A new volume from a raw byte stream; a broken stream leaves neither row nor disk."""
         target = f"volume/{name}"
         async with self.deps.runner.validating(ctx, "volume.import", target):
             self._check_name(name)
-            row = await self._insert(name, 0, None)
+            row = await self._insert(name, 0, pool)
         limit = MAX_VOLUME_BYTES
 
         async def bounded() -> AsyncIterator[bytes]:
@@ -370,8 +383,9 @@ class VolumeService:
 
         async def work(op: OperationHandle) -> dict[str, Any]:
             op.undo.push("remove the volume row", lambda: self._remove_row(row.id))
-            op.undo.push("delete the partial disk", lambda: self.store.delete_disk(disk_id_of(row)))
-            disk = await self._storage(self.store.import_disk(disk_id_of(row), bounded()))
+            store = await self._store(row)
+            op.undo.push("delete the partial disk", lambda: store.delete_disk(disk_id_of(row)))
+            disk = await self._storage(store.import_disk(disk_id_of(row), bounded()))
             if disk.virtual_size_bytes % 512:
                 raise Invalid(f"the import is {disk.virtual_size_bytes} bytes, not a whole number of 512-byte sectors")
             await self._set_disk(row.id, disk)
@@ -393,7 +407,7 @@ class VolumeService:
         try:
             return await step
         except StorageError as exc:
-            raise Invalid(str(exc)) from None
+            raise storage_failure(exc) from None
         except NotImplementedError as exc:
             raise Invalid(str(exc)) from None
 

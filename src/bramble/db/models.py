@@ -69,6 +69,24 @@ class ImageRow(Base):
     initrd_path: Mapped[str | None] = mapped_column(Text)
     cmdline: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    pool: Mapped[str | None] = mapped_column(String(63))  # storage pool name; None: the default pool
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoragePoolRow(Base):
+    """Where images, VM disks and volumes are stored; ``default`` mirrors the ``[storage]`` config."""
+
+    __tablename__ = "storage_pools"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    driver: Mapped[str] = mapped_column(String(16))  # local | rbd | fake
+    path: Mapped[str | None] = mapped_column(Text)  # local: directory; None: the node's default
+    ceph_conf: Mapped[str | None] = mapped_column(Text)
+    ceph_pool: Mapped[str | None] = mapped_column(String(128))
+    ceph_user: Mapped[str | None] = mapped_column(String(64))
+    ceph_keyring: Mapped[str | None] = mapped_column(Text)
+    timeout_seconds: Mapped[int] = mapped_column(Integer, default=15)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -100,6 +118,7 @@ class VmRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     vnc_display: Mapped[int | None] = mapped_column(Integer, unique=True)
     disk_path: Mapped[str | None] = mapped_column(Text)
+    pool: Mapped[str | None] = mapped_column(String(63))  # the disk's storage pool; None: the default pool
     # cloud-init: the key is copied at create time (deleting the keypair leaves the VM's key alone)
     key_name: Mapped[str | None] = mapped_column(String(63))
     ssh_public_key: Mapped[str | None] = mapped_column(Text)

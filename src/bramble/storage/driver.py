@@ -21,6 +21,10 @@ class StorageError(Exception):
     """A storage action failed; the message says why."""
 
 
+class StorageUnavailable(StorageError):
+    """The backend did not answer in time (a Ceph cluster down or cut off): worth a retry later."""
+
+
 @dataclass(frozen=True)
 class StoredImage:
     image_id: str
@@ -46,6 +50,18 @@ class DiskSnapshot:
     size_bytes: int
     protected: bool
     created: datetime | None
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """Capacity and usage of a pool, and where the figures came from (``source``)."""
+
+    used_bytes: int  # bytes the pool's data takes (before replication)
+    capacity_bytes: int | None  # what the pool may hold (quota, or used + free); None: unknown
+    available_bytes: int | None  # how much more fits; None: unknown
+    source: str  # e.g. "statvfs", "ceph df", "rbd images"
+    raw_used_bytes: int | None = None  # with replication (ceph df bytes_used), when known
+    quota_bytes: int | None = None
 
 
 def detect_format(head: bytes) -> str:
@@ -129,6 +145,18 @@ class StorageDriver(ABC):
     async def import_disk(self, disk_id: str, chunks: AsyncIterator[bytes]) -> StoredDisk:
         """A new disk from a raw byte stream (what export_disk gives); refused if it exists."""
         raise NotImplementedError(f"{self.name} storage cannot import disks")
+
+    # ------------------------------------------------------------------ pools
+    def export_image(self, image_id: str) -> AsyncIterator[bytes]:
+        """An image's disk part as the guest sees it, raw (a qcow2 comes out converted)."""
+        raise NotImplementedError(f"{self.name} storage cannot export images")
+
+    async def usage(self) -> PoolUsage:
+        """How full the pool is; also proves the backend answers (pool create probes with it)."""
+        raise NotImplementedError(f"{self.name} storage cannot report usage")
+
+    async def close(self) -> None:
+        """Let go of connections (a deleted pool); the next call may open them again."""
 
 
 async def write_file_atomically(final: Path, chunks: AsyncIterator[bytes]) -> int:

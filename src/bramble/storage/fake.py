@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from bramble.storage.driver import (
     DiskSnapshot,
+    PoolUsage,
     StorageDriver,
     StorageError,
     StoredDisk,
@@ -26,6 +27,7 @@ class FakeStorage(StorageDriver):
         self.data: dict[str, bytes] = {}
         self.snapshots: dict[str, dict[str, bytes]] = {}
         self.fail_volume: str | None = None  # set to a message to make create_volume fail
+        self.capacity_bytes = 100 * 1024**3
 
     async def write_image(self, image_id: str, chunks: AsyncIterator[bytes], *, part: str = "disk") -> int:
         data = b"".join([chunk async for chunk in chunks])
@@ -145,6 +147,19 @@ class FakeStorage(StorageDriver):
         disk = await self.create_blank_disk(disk_id, len(data))
         self.data[disk_id] = data
         return disk
+
+    async def export_image(self, image_id: str) -> AsyncIterator[bytes]:
+        data = self.images.get(image_id, {}).get("disk")
+        if data is None:
+            raise StorageError(f"image {image_id} has no disk part")
+        for start in range(0, len(data), 65536):
+            yield data[start : start + 65536]
+
+    async def usage(self) -> PoolUsage:
+        """Image bytes plus the provisioned size of every disk (the fake keeps no sparse map)."""
+        used = sum(len(part) for parts in self.images.values() for part in parts.values())
+        used += sum(disk.virtual_size_bytes for disk in self.disks.values())
+        return PoolUsage(used, self.capacity_bytes, max(0, self.capacity_bytes - used), "fake")
 
     def write(self, disk_id: str, offset: int, payload: bytes) -> None:
         """What a guest writing to the volume would do (tests only)."""

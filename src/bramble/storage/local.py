@@ -7,6 +7,7 @@ instant whatever the image size and the image is never written to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from bramble.storage.driver import (
     DiskSnapshot,
+    PoolUsage,
     StorageDriver,
     StorageError,
     StoredDisk,
@@ -30,6 +32,12 @@ PARTS = ("disk", "kernel", "initrd")
 HEAD_BYTES = 64 * 1024
 EXPORT_CHUNK = 1024 * 1024
 SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as source:
+        while chunk := await asyncio.to_thread(source.read, EXPORT_CHUNK):
+            yield chunk
 
 
 async def _run(*argv: str) -> str:
@@ -49,6 +57,7 @@ class LocalStorage(StorageDriver):
     name = "local"
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.images_dir = root / "images"
         self.disks_dir = root / "disks"
         self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -216,28 +225,69 @@ class LocalStorage(StorageDriver):
         await _run("qemu-img", "snapshot", "-q", "-d", snapshot, str(path))
 
     async def export_disk(self, disk_id: str, *, snapshot: str | None = None) -> AsyncIterator[bytes]:
-        """Convert to a sparse raw temporary file next to the disk, stream it, remove it.
-
-        qemu-img cannot write raw to a pipe, and reading the qcow2 ourselves would mean
-        parsing it; a sparse temporary costs only the allocated blocks.
-        """
         path = self._existing(disk_id)
         if snapshot is not None and not any(s.name == snapshot for s in await self.snapshot_list(disk_id)):
             raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
         temp = self.disks_dir / f".export-{disk_id}-{uuid.uuid4().hex[:8]}.raw"
-        argv = ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw"]
+        async for chunk in self._converted(path, "qcow2", temp, snapshot=snapshot):
+            yield chunk
+
+    async def export_image(self, image_id: str) -> AsyncIterator[bytes]:
+        """Raw and ISO images are streamed as stored; a qcow2 is converted like a disk export."""
+        disk = self._image_dir(image_id) / "disk"
+        try:
+            with open(disk, "rb") as f:
+                fmt = detect_format(f.read(HEAD_BYTES))
+        except FileNotFoundError:
+            raise StorageError(f"image {image_id} has no disk part") from None
+        if fmt != "qcow2":
+            async for chunk in _read_chunks(disk):
+                yield chunk
+            return
+        temp = self.images_dir / f".export-{image_id}-{uuid.uuid4().hex[:8]}.raw"
+        async for chunk in self._converted(disk, "qcow2", temp):
+            yield chunk
+
+    @staticmethod
+    async def _converted(source: Path, fmt: str, temp: Path, *, snapshot: str | None = None) -> AsyncIterator[bytes]:
+        """Convert to a sparse raw temporary file, stream it, remove it.
+
+        qemu-img cannot write raw to a pipe, and reading the qcow2 ourselves would mean
+        parsing it; a sparse temporary costs only the allocated blocks.
+        """
+        argv = ["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw"]
         if snapshot is not None:
             argv += ["-l", f"snapshot.name={snapshot}"]
         try:
-            await _run(*argv, str(path), str(temp))
-            with open(temp, "rb") as source:
-                while True:
-                    chunk = await asyncio.to_thread(source.read, EXPORT_CHUNK)
-                    if not chunk:
-                        break
-                    yield chunk
+            await _run(*argv, str(source), str(temp))
+            async for chunk in _read_chunks(temp):
+                yield chunk
         finally:
             temp.unlink(missing_ok=True)
+
+    async def usage(self) -> PoolUsage:
+        """Free space of the file system under ``root`` and what Bramble's own files take of it."""
+
+        def measure() -> PoolUsage:
+            try:
+                fs = os.statvfs(self.root)
+            except OSError as exc:
+                raise StorageError(f"cannot read {self.root}: {exc.strerror}") from None
+            used = 0
+            for folder in (self.images_dir, self.disks_dir):
+                for dirpath, _dirs, files in os.walk(folder):
+                    for name in files:
+                        with contextlib.suppress(OSError):
+                            used += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            free = fs.f_bavail * fs.f_frsize
+            return PoolUsage(
+                used_bytes=used,
+                capacity_bytes=used + free,
+                available_bytes=free,
+                source=f"statvfs of {self.root}; allocated bytes of Bramble's images and disks",
+            )
+
+        return await asyncio.to_thread(measure)
 
     async def import_disk(self, disk_id: str, chunks: AsyncIterator[bytes]) -> StoredDisk:
         """Write the raw stream to a temporary file, convert it to qcow2, rename into place."""

@@ -45,8 +45,10 @@ from typing import Any, TypeVar
 
 from bramble.storage.driver import (
     DiskSnapshot,
+    PoolUsage,
     StorageDriver,
     StorageError,
+    StorageUnavailable,
     StoredDisk,
     StoredImage,
     detect_format,
@@ -196,7 +198,7 @@ class RbdStorageDriver(StorageDriver):
                         f" (keyring {self.keyring or 'from ' + str(self.conf)})"
                     ) from None
                 if code in (errno.ETIMEDOUT, errno.EINTR) or isinstance(exc, rados.TimedOut):
-                    raise StorageError(
+                    raise StorageUnavailable(
                         f"Ceph is unreachable: no monitor answered within {self.connect_timeout} s (conf {self.conf})"
                     ) from None
                 raise StorageError(f"cannot connect to Ceph ({self._where()}): {exc}") from None
@@ -239,7 +241,7 @@ class RbdStorageDriver(StorageDriver):
 
         code = _errno_of(exc)
         if isinstance(exc, rbd.Timeout | rados.TimedOut) or code == errno.ETIMEDOUT:
-            return StorageError(f"{what}: Ceph did not answer within {self.op_timeout} s")
+            return StorageUnavailable(f"{what}: Ceph did not answer within {self.op_timeout} s")
         if isinstance(exc, rbd.PermissionError | rados.PermissionError) or code in (errno.EACCES, errno.EPERM):
             return StorageError(f"{what}: Ceph denied client.{self.user} access to pool {self.pool!r}")
         if isinstance(exc, rbd.ConnectionShutdown | rados.ConnectionShutdown):
@@ -423,12 +425,16 @@ class RbdStorageDriver(StorageDriver):
         try:
             await self._call(f"creating a temporary image for {final}", create)
             buffer = bytearray(head)
-            async for chunk in chunks:
-                buffer += chunk
+            while True:
+                # whole blocks also out of ``head``: an upload may arrive in one big chunk
                 while len(buffer) >= BLOCK_BYTES:
                     block = bytes(buffer[:BLOCK_BYTES])
                     del buffer[:BLOCK_BYTES]
                     await self._call(f"writing {final}", functools.partial(write, block))
+                chunk = await anext(chunks, None)
+                if chunk is None:
+                    break
+                buffer += chunk
             if buffer:
                 await self._call(f"writing {final}", functools.partial(write, bytes(buffer)))
             await self._call(f"completing {final}", finish)
@@ -896,38 +902,109 @@ class RbdStorageDriver(StorageDriver):
         await self._call(f"deleting snapshot {snapshot} of disk {disk_id}", delete)
 
     # ------------------------------------------------------------------ export / import
-    async def export_disk(
+    def export_disk(
         self, disk_id: str, *, snapshot: str | None = None, chunk_bytes: int = BLOCK_BYTES
     ) -> AsyncIterator[bytes]:
         """The disk's bytes (or a snapshot's), as a stream of chunks; holes come out as zeros."""
-        name = self.disk_name(disk_id)
+        what = f"snapshot {snapshot!r} of disk {disk_id}" if snapshot else f"disk {disk_id}"
+        return self._export(self.disk_name(disk_id), snapshot, what, chunk_bytes)
+
+    def export_image(self, image_id: str, *, chunk_bytes: int = BLOCK_BYTES) -> AsyncIterator[bytes]:
+        """The image as imported (raw), read from its protected snapshot ``base``."""
+        return self._export(self.image_name(image_id), BASE_SNAPSHOT, f"image {image_id}", chunk_bytes)
+
+    async def _export(self, name: str, snapshot: str | None, what: str, chunk_bytes: int) -> AsyncIterator[bytes]:
         holder: dict[str, Any] = {}
 
-        def open_disk(ioctx: Any) -> int:
+        def open_image(ioctx: Any) -> int:
             import rbd
 
             try:
                 holder["image"] = rbd.Image(ioctx, name, snapshot=snapshot, read_only=True)
             except rbd.ImageNotFound:
-                what = f"snapshot {snapshot!r} of disk {disk_id}" if snapshot else f"disk {disk_id}"
                 raise StorageError(f"{what} does not exist") from None
             return int(holder["image"].size())
 
         def read(offset: int, length: int, _ioctx: Any) -> bytes:
             return bytes(holder["image"].read(offset, length))
 
-        size = await self._call(f"opening disk {disk_id} for export", open_disk)
+        size = await self._call(f"opening {what} for export", open_image)
         try:
             offset = 0
             while offset < size:
                 length = min(chunk_bytes, size - offset)
-                data = await self._call(f"reading disk {disk_id}", functools.partial(read, offset, length))
+                data = await self._call(f"reading {what}", functools.partial(read, offset, length))
                 if len(data) != length:
-                    raise StorageError(f"reading disk {disk_id}: short read at {offset}")
+                    raise StorageError(f"reading {what}: short read at {offset}")
                 yield data
                 offset += length
         finally:
             await asyncio.to_thread(holder["image"].close)
+
+    # ------------------------------------------------------------------ usage
+    async def usage(self) -> PoolUsage:
+        """The pool's figures from ``ceph df`` when a manager provides them, else Bramble's images.
+
+        ``df``, ``get_cluster_stats`` and ``ioctx.get_stats`` all come from the manager's
+        placement-group statistics; a cluster without a manager answers them with zeros. Then
+        the used bytes are the allocated objects of Bramble's RBD images (``diff_iterate``, fast
+        with the object map), and the capacity is the pool's quota (``osd dump``) if it has one.
+        """
+
+        def measure(ioctx: Any) -> PoolUsage:
+            import rbd
+
+            quota = None
+            for pool in self._mon_json({"prefix": "osd dump", "format": "json"}).get("pools", []):
+                if pool.get("pool_name") == self.pool:
+                    quota = int(pool.get("quota_max_bytes") or 0) or None
+            df = self._mon_json({"prefix": "df", "format": "json"})
+            if df.get("stats", {}).get("num_osds"):
+                for pool in df.get("pools", []):
+                    if pool.get("name") == self.pool:
+                        stats = pool.get("stats", {})
+                        stored = int(stats.get("stored", stats.get("bytes_used", 0)))
+                        max_avail = int(stats.get("max_avail", 0))
+                        available = min(max_avail, max(0, quota - stored)) if quota else max_avail
+                        return PoolUsage(
+                            used_bytes=stored,
+                            capacity_bytes=quota or stored + max_avail,
+                            available_bytes=available,
+                            source="ceph df",
+                            raw_used_bytes=int(stats.get("bytes_used", 0)),
+                            quota_bytes=quota,
+                        )
+            used = 0
+            for name in rbd.RBD().list(ioctx):
+                if not name.startswith((IMAGE_PREFIX, DISK_PREFIX, PARTIAL_PREFIX)):
+                    continue
+                try:
+                    with self._open(ioctx, name, read_only=True) as image:
+                        used += self._used_bytes(image, image.size())
+                except rbd.ImageNotFound:
+                    continue  # removed while we counted
+            return PoolUsage(
+                used_bytes=used,
+                capacity_bytes=quota,
+                available_bytes=max(0, quota - used) if quota else None,
+                source="allocated objects of Bramble's RBD images (ceph df has no figures without a manager)",
+                quota_bytes=quota,
+            )
+
+        return await self._call(f"measuring pool {self.pool!r}", measure)
+
+    def _mon_json(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A monitor command's JSON answer; {} when the monitor refuses it (a restricted user may)."""
+        ret, out, _status = self._cluster.mon_command(json.dumps(command), b"", timeout=self.op_timeout)
+        if ret == -errno.ETIMEDOUT:
+            raise StorageUnavailable(f"{command['prefix']}: Ceph did not answer within {self.op_timeout} s")
+        if ret != 0:
+            return {}
+        try:
+            answer = json.loads(out)
+        except ValueError:
+            return {}
+        return answer if isinstance(answer, dict) else {}
 
     async def import_disk(self, disk_id: str, chunks: AsyncIterator[bytes]) -> StoredDisk:
         """Create a disk from a raw byte stream (as export_disk makes). Refused if the disk exists."""

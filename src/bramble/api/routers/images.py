@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from bramble.api import convert, schemas
 from bramble.api.deps import CloudDep, ContextDep
@@ -32,6 +32,7 @@ async def create_image(body: schemas.ImageCreate, cloud: CloudDep, ctx: ContextD
         source_url=body.source_url,
         kernel_url=body.source_kernel_url,
         initrd_url=body.source_initrd_url,
+        pool=body.pool,
     )
     if op is None:
         return convert.image(row)
@@ -60,6 +61,13 @@ async def upload_image_part(ref: str, part: str, request: Request, cloud: CloudD
 @router.post("/{ref}/activate", response_model=schemas.Image)
 async def activate_image(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Image:
     return convert.image(await cloud.images.activate(ctx, ref))
+
+
+@router.get("/{ref}/export")
+async def export_image(ref: str, cloud: CloudDep, ctx: ContextDep) -> StreamingResponse:
+    """The image's disk as raw bytes (a qcow2 comes out converted); Content-Length for progress bars."""
+    size, stream = await cloud.images.export(ctx, ref)
+    return StreamingResponse(stream, media_type="application/octet-stream", headers={"Content-Length": str(size)})
 
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)

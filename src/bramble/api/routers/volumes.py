@@ -156,7 +156,9 @@ async def export_volume(ref: str, cloud: CloudDep, ctx: ContextDep, snapshot: st
 
 
 @router.put("/{name}/import", status_code=status.HTTP_201_CREATED, response_model=Volume)
-async def import_volume(name: str, request: Request, cloud: CloudDep, ctx: ContextDep) -> Volume:
+async def import_volume(
+    name: str, request: Request, cloud: CloudDep, ctx: ContextDep, pool: str | None = None
+) -> Volume:
     """A new volume named ``name`` from the raw request body."""
     if request.headers.get("content-length") == "0":
         raise Invalid("the import body is empty: send the raw disk bytes")
@@ -166,4 +168,4 @@ async def import_volume(name: str, request: Request, cloud: CloudDep, ctx: Conte
             if chunk:
                 yield chunk
 
-    return await _shown(cloud, await cloud.volumes.import_(ctx, name, chunks()))
+    return await _shown(cloud, await cloud.volumes.import_(ctx, name, chunks(), pool))
