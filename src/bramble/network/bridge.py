@@ -36,10 +36,11 @@ from bramble.network.driver import (
 )
 from bramble.network.nft import (
     Nft,
+    SecurityFirewall,
     floating_commands,
     network_nat_commands,
     remove_network_nat_commands,
-    security_batch,
+    security_ruleset,
 )
 
 __all__ = ["BridgeDriver", "LinkStep", "bridge_mac", "plan_network"]
@@ -117,6 +118,7 @@ def _write_sysctl(path: Path, value: str, hint: str) -> None:
 class BridgeDriver(NetworkDriver):
     def __init__(self) -> None:
         self._nft = Nft()
+        self.firewall = SecurityFirewall(self._nft)  # security tables: incremental after the first apply
 
     # -- links ------------------------------------------------------------------------------------
 
@@ -219,10 +221,10 @@ class BridgeDriver(NetworkDriver):
         self, policies: Sequence[SecurityPolicy], address_sets: Mapping[str, Collection[IPv4Address]]
     ) -> None:
         try:
-            batch = security_batch(policies, address_sets)
+            ruleset = security_ruleset(policies, address_sets)
         except ValueError as exc:
             raise NetworkError(f"invalid security policy (nothing applied): {exc}") from None
-        self._nft.apply_json(batch)
+        self.firewall.apply(ruleset)  # only the elements that changed, or both tables whole
 
     def apply_floating_ips(self, floating: Sequence[FloatingIp]) -> None:
         try:

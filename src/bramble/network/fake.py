@@ -1,11 +1,10 @@
-"""In-memory network driver for fast tests: same validation and the same compiled nft batch, no kernel."""
+"""In-memory network driver for fast tests: same validation and the same compiled nft ruleset, no kernel."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Any
 
 from bramble.network.driver import (
     FloatingIp,
@@ -17,7 +16,7 @@ from bramble.network.driver import (
     SecurityPolicy,
     bridge_name,
 )
-from bramble.network.nft import floating_commands, security_commands
+from bramble.network.nft import SecurityRuleset, floating_commands, security_ruleset
 
 __all__ = ["FakeNetworkDriver"]
 
@@ -29,7 +28,7 @@ class FakeNetworkDriver(NetworkDriver):
     policies: dict[str, SecurityPolicy] = field(default_factory=dict)
     address_sets: dict[str, frozenset[IPv4Address]] = field(default_factory=dict)
     floating: list[FloatingIp] = field(default_factory=list)
-    last_batch: list[dict[str, Any]] = field(default_factory=list)
+    last_ruleset: SecurityRuleset | None = None  # what the bridge driver would load
     calls: list[str] = field(default_factory=list)
 
     def ensure_network(self, spec: NetworkSpec) -> None:
@@ -58,10 +57,10 @@ class FakeNetworkDriver(NetworkDriver):
     ) -> None:
         self.calls.append(f"apply_security {len(policies)}")
         try:
-            batch = security_commands(policies, address_sets)
+            ruleset = security_ruleset(policies, address_sets)
         except ValueError as exc:
             raise NetworkError(f"invalid security policy (nothing applied): {exc}") from None
-        self.last_batch = batch
+        self.last_ruleset = ruleset
         self.policies = {p.tap: p for p in policies}
         self.address_sets = {name: frozenset(members) for name, members in address_sets.items()}
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.integration.network.netns_lab import Lab, lab
@@ -25,7 +27,7 @@ from bramble.network.driver import (
     NicSpec,
     ObservedNetwork,
 )
-from bramble.network.nft import security_commands
+from bramble.network.nft import security_ruleset
 from bramble.network.secgroups import GroupRule, NicMembership, SecurityGroup, compile_policies, default_group
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -182,6 +184,57 @@ def test_security_groups_live_update_without_recreating_anything(net_lab: Lab) -
     assert vms.indexes() == before  # nothing was recreated: same bridge and ports throughout
 
 
+def test_incremental_updates_enforce_what_a_full_replace_does(net_lab: Lab) -> None:
+    vms = _Vms(net_lab, 60)
+    # c may reach tcp/22 by address (a cidr rule): same structure as SSH_FROM_WEB, other elements
+    from_c = (*SSH_FROM_WEB, GroupRule("ingress", "tcp", 22, cidr=IPv4Network(f"{vms.ip['c']}/32")))
+
+    def policies(rules: tuple[GroupRule, ...]) -> tuple[Any, Any]:
+        groups = {"web": SecurityGroup("web", "web", "p1", rules), "p1-default": default_group("p1-default", "p1")}
+        memberships = [
+            NicMembership(vms.nics["a"], ("web",)),
+            NicMembership(vms.nics["b"], ("web",)),
+            NicMembership(vms.nics["c"], ("p1-default",)),
+        ]
+        return compile_policies(memberships, groups)
+
+    def tables() -> str:
+        listing = net_lab.driver(("nft_text", ("inet", "bramble")), ("nft_text", ("bridge", "bramble")))
+        return re.sub(r"set generation \{[^}]*\}", "", "".join(listing))  # the generation differs, by design
+
+    # full, then incremental to from_c: c gets in
+    _, _, mode = net_lab.driver(
+        ("apply_security", policies(SSH_FROM_WEB)), ("apply_security", policies(from_c)), ("firewall_mode", ())
+    )
+    assert mode == "delta"
+    assert vms.ssh("c", "b") == vms.ip["c"]
+    assert vms.ssh("a", "b") == vms.ip["a"]
+    after_delta = tables()
+    net_lab.driver(("apply_security", policies(from_c)))  # a fresh driver: the whole replace
+    assert tables() == after_delta  # the kernel holds the same firewall either way
+
+    # and back, incrementally: c is out again, a still in
+    _, _, mode = net_lab.driver(
+        ("apply_security", policies(from_c)), ("apply_security", policies(SSH_FROM_WEB)), ("firewall_mode", ())
+    )
+    assert mode == "delta"
+    assert vms.ssh("c", "b") is None
+    assert vms.ssh("a", "b") == vms.ip["a"]
+
+    # someone deleted our table behind the driver's back: the incremental batch fails as a whole and
+    # the driver replaces both tables instead (never a firewall with holes)
+    *_, mode = net_lab.driver(
+        ("apply_security", policies(SSH_FROM_WEB)),
+        ("nft_apply_text", ("delete table inet bramble\n",)),
+        ("apply_security", policies(from_c)),
+        ("firewall_mode", ()),
+    )
+    assert mode == "full"
+    assert vms.ssh("c", "b") == vms.ip["c"]
+    assert vms.ssh("b", "c") is None  # c's default group still holds
+    assert tables() == after_delta
+
+
 def test_a_bad_batch_leaves_the_old_rules_in_force(net_lab: Lab) -> None:
     vms = _Vms(net_lab, 30)
     vms.apply(SSH_FROM_WEB)
@@ -190,18 +243,9 @@ def test_a_bad_batch_leaves_the_old_rules_in_force(net_lab: Lab) -> None:
     policies, sets = compile_policies(
         [NicMembership(vms.nics[n], ("web",)) for n in "ab"], {"web": SecurityGroup("web", "web", "p1", EGRESS_ONLY)}
     )
-    bad = {
-        "add": {
-            "rule": {
-                "family": "inet",
-                "table": "bramble",
-                "chain": "forward",
-                "expr": [{"jump": {"target": "no-such-chain"}}],
-            }
-        }
-    }
+    bad = "add rule inet bramble forward jump no-such-chain\n"
     with pytest.raises(NetworkError, match="nothing applied"):
-        net_lab.driver(("nft_apply", ([*security_commands(policies, sets), bad],)))
+        net_lab.driver(("nft_apply_text", (security_ruleset(policies, sets).full_text(1) + bad,)))
     (after,) = net_lab.driver(("nft_list", ("inet", "bramble")))
     assert after == before
     assert vms.ssh("a", "b") == vms.ip["a"]

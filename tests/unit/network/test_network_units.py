@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -22,11 +21,11 @@ from bramble.network.driver import (
 )
 from bramble.network.fake import FakeNetworkDriver
 from bramble.network.nft import (
+    SecurityRuleset,
     floating_commands,
     network_nat_commands,
     remove_network_nat_commands,
-    security_batch,
-    security_commands,
+    security_ruleset,
 )
 from bramble.network.secgroups import GroupRule, NicMembership, SecurityGroup, compile_policies, default_group
 
@@ -97,47 +96,104 @@ def _policy(n: int, bridge: str = "bb-x", **extra: Any) -> SecurityPolicy:
     return SecurityPolicy(f"bt-{n}", bridge, f"02:b7:00:00:00:{n:02x}", IPv4Address(f"10.5.0.{n}"), **extra)
 
 
-def _rules(commands: list[dict[str, Any]], chain: str) -> list[list[dict[str, Any]]]:
-    return [
-        c["add"]["rule"]["expr"] for c in commands if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain
-    ]
+def _chain(ruleset: SecurityRuleset, name: str) -> list[str]:
+    """The rules of one chain of the compiled text."""
+    body = ruleset.structure.split(f"  chain {name} {{\n", 1)[1].split("\n  }\n", 1)[0]
+    return [line.strip() for line in body.splitlines()]
 
 
-def test_security_batch_swaps_both_tables_and_compiles_rules() -> None:
+def _elements(ruleset: SecurityRuleset, name: str, family: str = "inet") -> frozenset[str]:
+    return ruleset.elements[(family, "bramble", name)]
+
+
+def test_rules_become_set_elements_under_a_few_lookups() -> None:
     ssh = Rule("tcp", 22, None, remote_set="web")
     web = Rule("tcp", 8000, 8080, cidr=IPv4Network("192.0.2.0/24"))
-    commands = security_commands([_policy(5, ingress=(ssh, web), egress=(Rule(),))], {"web": [IPv4Address("10.5.0.5")]})
-    heads = [json.dumps(c, sort_keys=True) for c in commands if "table" in next(iter(c.values()))]
-    assert len(heads) == 6  # add/delete/add for bridge bramble and inet bramble: one swap each
-    ingress = _rules(commands, "in-bt-5")
-    assert {
-        "match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@g-web"}
-    } in ingress[0]
-    assert {
-        "match": {
-            "op": "==",
-            "left": {"payload": {"protocol": "tcp", "field": "dport"}},
-            "right": {"range": [8000, 8080]},
-        }
-    } in ingress[1]
-    assert ingress[-1] == [{"drop": None}]
-    assert _rules(commands, "eg-bt-5")[-2] == [{"return": None}]  # "any" egress: everything allowed
-    tap_macs = [c["add"]["set"] for c in commands if c.get("add", {}).get("set", {}).get("name") == "tap_mac"]
-    assert tap_macs[0]["elem"] == [{"concat": ["bt-5", "02:b7:00:00:00:05"]}]
-    # the JSON text the driver sends is the same batch
-    batch = security_batch([_policy(5, ingress=(ssh, web), egress=(Rule(),))], {"web": [IPv4Address("10.5.0.5")]})
-    assert json.loads(batch) == json.loads(json.dumps({"nftables": commands}))
+    icmp = Rule("icmp", cidr=IPv4Network("0.0.0.0/0"))  # anywhere is no cidr at all
+    policies = [_policy(5, ingress=(ssh, web, icmp), egress=(Rule(),)), _policy(6, ingress=(ssh,))]
+    ruleset = security_ruleset(policies, {"web": [IPv4Address("10.5.0.5")]})
+    text = ruleset.full_text(7)
+    # one transaction that swaps both tables whole
+    assert text.startswith(
+        "add table bridge bramble\ndelete table bridge bramble\nadd table inet bramble\ndelete table inet bramble\n"
+    )
+    assert "add element inet bramble generation { 7 }" in text and "add element bridge bramble generation { 7 }" in text
+    assert _elements(ruleset, "vms0") == {"10.5.0.5", "10.5.0.6"}
+    assert _elements(ruleset, "g-web") == {"10.5.0.5"}
+    assert _elements(ruleset, "in0-g0-port") == {"10.5.0.5 . tcp . 22", "10.5.0.6 . tcp . 22"}
+    assert _elements(ruleset, "in0-cidr-ports") == {"10.5.0.5 . 192.0.2.0/24 . tcp . 8000-8080"}
+    assert _elements(ruleset, "in0-proto") == {"10.5.0.5 . icmp"}
+    assert _elements(ruleset, "eg0-all") == {"10.5.0.5"}  # 6 has no egress rule: it may send nothing
+    assert ("inet", "bramble", "in0-cidr-ports") in ruleset.interval_sets
+    ingress = _chain(ruleset, "in-bb-x")
+    assert ingress[0] == "ip daddr != @vms0 return" and ingress[-1] == "drop"
+    assert "ip daddr . ip saddr . meta l4proto . th dport @in0-cidr-ports return" in ingress
+    assert "ip saddr @g-web ip daddr . meta l4proto . th dport @in0-g0-port return" in ingress
+    assert len(ingress) == 2 + 7 + 4  # the bridge's kinds, one remote group's kinds: not one rule per rule
+    assert 'meta nfproto ipv4 iifname vmap { "bb-x" : jump eg-bb-x }' in _chain(ruleset, "forward")
+    assert _elements(ruleset, "tap_mac", "bridge") == {'"bt-5" . 02:b7:00:00:00:05', '"bt-6" . 02:b7:00:00:00:06'}
+    assert _elements(ruleset, "tap_ip", "bridge") == {'"bt-5" . 10.5.0.5', '"bt-6" . 10.5.0.6'}
 
 
-def test_security_batch_refuses_inconsistent_input() -> None:
+def test_overlapping_intervals_of_one_tap_become_plain_rules() -> None:
+    wide = Rule("tcp", 1000, 2000, cidr=IPv4Network("10.0.0.0/8"))
+    inside = Rule("tcp", 1500, 1600, cidr=IPv4Network("10.1.0.0/16"))
+    other_proto = Rule("udp", 1500, 1600, cidr=IPv4Network("10.1.0.0/16"))
+    ruleset = security_ruleset([_policy(5, ingress=(wide, inside, other_proto)), _policy(6, ingress=(inside,))], {})
+    assert _elements(ruleset, "in0-cidr-ports") == {
+        "10.5.0.5 . 10.0.0.0/8 . tcp . 1000-2000",
+        "10.5.0.5 . 10.1.0.0/16 . udp . 1500-1600",
+        "10.5.0.6 . 10.1.0.0/16 . tcp . 1500-1600",  # another tap: no overlap
+    }
+    assert "ip daddr 10.5.0.5 ip saddr 10.1.0.0/16 meta l4proto tcp th dport 1500-1600 return" in _chain(
+        ruleset, "in-bb-x"
+    )
+
+
+def test_a_change_is_a_batch_of_element_changes() -> None:
+    ssh = Rule("tcp", 22, None, remote_set="web")
+    cidr = Rule("tcp", 80, 90, cidr=IPv4Network("192.0.2.0/24"))
+    before = security_ruleset([_policy(5, ingress=(ssh, cidr)), _policy(6)], {"web": [IPv4Address("10.5.0.5")]})
+    after = security_ruleset(
+        [_policy(5, ingress=(ssh,)), _policy(6, ingress=(ssh,))], {"web": [IPv4Address("10.5.0.6")]}
+    )
+    delta = after.delta_text(before, 8, 7)
+    assert delta is not None
+    lines = delta.splitlines()
+    assert lines[:2] == [
+        "delete element bridge bramble generation { 7 }",
+        "delete element inet bramble generation { 7 }",
+    ]
+    assert "delete element inet bramble g-web { 10.5.0.5 }" in lines
+    assert "delete element inet bramble in0-cidr-ports { 10.5.0.5 . 192.0.2.0/24 . tcp . 80-90 }" in lines
+    assert "add element inet bramble g-web { 10.5.0.6 }" in lines
+    assert "add element inet bramble in0-g0-port { 10.5.0.6 . tcp . 22 }" in lines
+    assert "add element inet bramble generation { 8 }" in lines
+    assert max(i for i, line in enumerate(lines) if line.startswith("delete")) < min(
+        i for i, line in enumerate(lines) if line.startswith("add")
+    )  # deletions first: a new interval may overlap one that goes
+    assert "table" not in delta.replace("bramble", "")  # no table, chain or rule is touched
+    # new structure (a bridge, a remote group) or many interval removals: replace whole
+    other_bridge = security_ruleset([_policy(5, ingress=(ssh,)), _policy(6, "bb-y")], {"web": []})
+    assert other_bridge.delta_text(after, 9, 8) is None
+    many = [Rule("tcp", 1000 + 10 * n, 1005 + 10 * n, cidr=IPv4Network("192.0.2.0/24")) for n in range(40)]
+    wide = security_ruleset([_policy(5, ingress=(ssh, *many)), _policy(6, ingress=(ssh,))], {"web": []})
+    narrow = security_ruleset([_policy(5, ingress=(ssh, cidr)), _policy(6, ingress=(ssh,))], {"web": []})
+    assert narrow.delta_text(wide, 9, 8) is None
+    assert wide.delta_text(narrow, 9, 8) is not None  # additions are cheap
+
+
+def test_security_ruleset_refuses_inconsistent_input() -> None:
     with pytest.raises(ValueError, match="two policies for tap bt-5"):
-        security_commands([_policy(5), _policy(5)], {})
+        security_ruleset([_policy(5), _policy(5)], {})
     clash = SecurityPolicy("bt-6", "bb-x", "02:b7:00:00:00:06", IPv4Address("10.5.0.5"))
     with pytest.raises(ValueError, match=r"two taps claim 10\.5\.0\.5 on bb-x"):
-        security_commands([_policy(5), clash], {})
+        security_ruleset([_policy(5), clash], {})
     with pytest.raises(ValueError, match="unknown address set 'nope'"):
-        security_commands([_policy(5, ingress=(Rule(remote_set="nope"),))], {})
-    security_commands([_policy(5), SecurityPolicy("bt-6", "bb-y", "02:b7:00:00:00:06", IPv4Address("10.5.0.5"))], {})
+        security_ruleset([_policy(5, ingress=(Rule(remote_set="nope"),))], {})
+    with pytest.raises(ValueError, match="address set name"):
+        security_ruleset([], {"bad name": []})
+    security_ruleset([_policy(5), SecurityPolicy("bt-6", "bb-y", "02:b7:00:00:00:06", IPv4Address("10.5.0.5"))], {})
 
 
 def test_nat_commands() -> None:
