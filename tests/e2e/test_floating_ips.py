@@ -3,8 +3,9 @@ private network, a public network whose uplink is a veth to a client namespace (
 
 Through the real CLI: ``fip create --net public``, ``fip attach``. The client pings the guest at the
 floating address (DNAT in), and the guest's own TCP probes (``bramble.probe=``, busybox nc) reach the
-client's listener with the floating address as their source (SNAT out). After ``fip detach`` the floating
-address no longer answers and the uplink no longer holds it. Everything is removed afterwards, also on
+client's listener with the floating address as their source (SNAT out). A daemon killed with -9 whose
+mapping is lost meanwhile puts it back at start. After ``fip detach`` the floating address no longer
+answers and the uplink no longer holds it. Everything is removed afterwards, also on
 failure: the listener by PID, the client namespace (its veth goes with it), then the daemon's fixture.
 """
 
@@ -154,6 +155,17 @@ def test_floating_ip_in_and_out_then_detached(ns_daemon: NsDaemon, outside: Outs
     assert set(outside.peers.read_text().split()) == {address}  # never the private address
     probe_ok = re.compile(r"BRAMBLE-GUEST-PROBE \d+ ok")
     wait_for(lambda: probe_ok.search(console_of(d, vm["id"])), 60, "a successful probe on the console", interval=0.5)
+
+    # kill -9, and the mapping lost meanwhile (rules flushed, address gone): the agent's start applies it.
+    d.kill9()
+    for chain in ("fip-pre", "fip-out", "fip-post"):
+        assert d.run("nft", "flush", "chain", "ip", "bramble_nat", chain).returncode == 0
+    assert d.run("ip", "addr", "del", f"{address}/32", "dev", outside.uplink).returncode == 0
+    assert not outside.pings(address)
+    d.start()
+    wait_for(lambda: outside.pings(address), 60, f"{address} to answer after a restart", interval=0.5)
+    assert d.run("ip", "-4", "addr", "show", "dev", outside.uplink).stdout.count(f"{address}/32") == 1
+    assert "could not apply the floating IPs" not in d.log.read_text()
 
     # Detached: the floating address no longer answers and leaves the uplink; it stays allocated.
     assert d.ok("fip", "detach", address) == f"floating IP {address} detached\n"
