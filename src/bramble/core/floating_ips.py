@@ -199,7 +199,8 @@ class FloatingIpService:
             info = await self.get(ref)
             if info.vm is not None and not detach:
                 raise Conflict(
-                    f"floating IP {info.address} is attached to VM {info.vm!r}; detach it first (or delete with detach)"
+                    f"floating IP {info.address} is attached to VM {info.vm!r}; detach it first"
+                    " (or delete with --detach)"
                 )
 
         async def work(op: OperationHandle) -> None:
