@@ -66,7 +66,8 @@ def render(pool: dict[str, Any]) -> None:
             label = {"vms": "VM disks"}.get(kind, kind)
             rows.append((label, f"{len(names)}" + (f": {', '.join(names[:8])}" if names else "")))
     rows.append(("created", pool["created_at"]))
-    panel(f"pool {pool['name']}", rows)
+    optional = {"keyring", "timeout", "available", "raw used", "quota"}  # shown only when they apply
+    panel(f"pool {pool['name']}", [(key, value) for key, value in rows if value is not None or key not in optional])
 
 
 @app.command()

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any
+from urllib.parse import urlencode
 
 import typer
 
@@ -201,11 +202,12 @@ def import_(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the new volume.")],
     source: Annotated[str, typer.Argument(metavar="FILE|-", help="Raw image file to read, or - for stdin.")],
+    pool: Annotated[str | None, typer.Option(help="Storage pool (default: the default pool).")] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Create a volume from a raw image (what `volume export` writes)."""
     client = client_from(ctx)
-    path = f"{_path(name)}/import"
+    path = f"{_path(name)}/import" + (f"?{urlencode({'pool': pool})}" if pool is not None else "")
     headers = {"Content-Type": "application/octet-stream"}
     if source == "-":
         data = client.request(

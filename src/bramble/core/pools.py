@@ -20,8 +20,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bramble.audit import store as audit
 from bramble.config import Settings
-from bramble.core.context import RequestContext
+from bramble.core.context import SYSTEM, RequestContext
 from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid, Unavailable
 from bramble.core.operations import OperationHandle
@@ -177,6 +178,7 @@ class PoolService:
         async with self.deps.db.write() as session:
             await self.deps.db.serialize(session, "storage-pools")
             row = (await session.scalars(select(StoragePoolRow).where(StoragePoolRow.name == DEFAULT_POOL))).first()
+            before = pool_summary(row) if row is not None else None
             if row is None:
                 row = StoragePoolRow(id=str(uuid.uuid4()), name=DEFAULT_POOL, created_at=utcnow())
                 session.add(row)
@@ -187,6 +189,17 @@ class PoolService:
             for other in await session.scalars(select(StoragePoolRow).where(StoragePoolRow.is_default)):
                 if other is not row:
                     other.is_default = False
+            after = pool_summary(row)
+            if before != after:  # first start, or [storage] was edited: say so in the audit log
+                audit.record(
+                    session,
+                    actor=SYSTEM.actor,
+                    action="pool.create" if before is None else "pool.update",
+                    target=f"pool/{DEFAULT_POOL}",
+                    message="the default pool, from the [storage] configuration",
+                    before=before,
+                    after=after,
+                )
         return row
 
     # ------------------------------------------------------------------ create

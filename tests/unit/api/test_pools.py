@@ -14,13 +14,14 @@ from alembic import command
 from bramble.compute.fake import FakeComputeDriver
 from bramble.core.errors import Invalid
 from bramble.core.pools import check_same_pool
-from bramble.daemon import Services
+from bramble.daemon import Services, build_services
 from bramble.db.migrate import alembic_config, upgrade
 from bramble.db.models import ImageRow
 from bramble.db.session import Database
 from bramble.storage.fake import FakeStorage
 from bramble.storage.pools import PoolSpec
 from bramble.storage.registry import StorageRegistry
+from tests.conftest import fake_settings
 from tests.unit.api.helpers import make_image, make_vm
 
 pytestmark = pytest.mark.anyio
@@ -63,6 +64,22 @@ async def test_the_default_pool_comes_from_the_config(api: httpx.AsyncClient, se
     # a second start with the same config finds the row and leaves it the only default
     await services.cloud.pools.ensure_default()
     assert len((await api.get("/v1/pools")).json()) == 1
+    events = (await api.get("/v1/events", params={"target": "pool/default"})).json()
+    assert [e["action"] for e in events] == ["pool.create"]
+
+
+async def test_a_changed_storage_section_updates_the_default_pool(tmp_path: Path) -> None:
+    first = await build_services(fake_settings(tmp_path / "state"))
+    await first.close()
+    second = await build_services(fake_settings(tmp_path / "state", storage={"driver": "local"}))
+    try:
+        pools = await second.cloud.pools.list_all()
+        assert [(p.name, p.driver, p.is_default) for p in pools] == [("default", "local", True)]
+        events = await second.cloud.events(target="pool/default")
+        update = next(e for e in events if e.action == "pool.update")
+        assert (update.before or {})["driver"] == "fake" and (update.after or {})["driver"] == "local"
+    finally:
+        await second.close()
 
 
 async def test_a_pool_holds_images_disks_and_volumes_and_goes_only_when_empty(

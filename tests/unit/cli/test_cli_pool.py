@@ -32,6 +32,11 @@ def test_pool_round_trip(real_api, cli, error_line, tmp_path: Path) -> None:
     vm = json.loads(ok(cli("vm", "create", "a", "-i", "img", *size, "--no-start", "--json")))
     assert vm["pool"] == "fast"
     ok(cli("volume", "create", "v", "--size", "4M", "--pool", "fast"))
+    raw = tmp_path / "vol.raw"
+    raw.write_bytes(os.urandom(8192))
+    imported = json.loads(ok(cli("volume", "import", "w", str(raw), "--pool", "fast", "--json")))
+    assert imported["pool"] == "fast"
+    ok(cli("volume", "delete", "w"))
 
     shown = ok(cli("pool", "show", "fast"))
     for text in ("fake", "img", "VM disks", "volumes", "figures from"):
