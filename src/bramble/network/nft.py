@@ -245,11 +245,12 @@ def _rule_slot(rule: Rule) -> tuple[str, str, str, tuple[_Span, ...]]:
 def clear_compile_cache() -> None:
     """Forget compiled rules (benchmarks measure a cold compile with it)."""
     _rule_slot.cache_clear()
+    _tap_rules.cache_clear()
 
 
 class _DirectionRules:
-    """One bridge's rules in one direction, sorted into set elements. A rule whose element would overlap
-    another of the same tap in an interval set (the kernel refuses those) becomes a plain rule instead."""
+    """One tap's rules in one direction, sorted into set elements. A rule whose element would overlap
+    another of the tap's in an interval set (the kernel refuses those) becomes a plain rule instead."""
 
     def __init__(self, tap_field: str, remote_field: str) -> None:
         self.tap_field, self.remote_field = tap_field, remote_field
@@ -284,8 +285,18 @@ class _DirectionRules:
                 parts.append(f"th dport {_port_text(rule.port_min, high)}")
         return " ".join(parts) + " return"
 
-    def groups(self) -> list[str]:
-        return sorted({group for group, _ in self.elements if group})
+
+@functools.lru_cache(maxsize=16384)
+def _tap_rules(
+    tap: str, rules: tuple[Rule, ...], tap_field: str, remote_field: str
+) -> tuple[tuple[tuple[tuple[str, str], tuple[str, ...]], ...], tuple[str, ...]]:
+    """One tap's rules in one direction: its elements per (remote group, kind) and its plain rules.
+    Cached: a live change recompiles only the taps whose rules changed."""
+    compiled = _DirectionRules(tap_field, remote_field)
+    for rule in rules:
+        compiled.add(tap, rule)
+    elements = tuple((slot, tuple(elems)) for slot, elems in compiled.elements.items() if elems)
+    return elements, tuple(compiled.plain)
 
 
 def _overlap(a: tuple[_Span, ...], b: tuple[_Span, ...]) -> bool:
@@ -331,24 +342,29 @@ def security_ruleset(
         lines.append(f"  set {vms} {{ type ipv4_addr; }}")
         elements[(family, table, vms)] = frozenset(ip for ip, _ in taps)
         for direction, prefix, tap_field, remote_field in _DIRECTIONS:
-            rules = _DirectionRules(tap_field, remote_field)
+            merged: dict[tuple[str, str], list[str]] = {}
+            plain: list[str] = []
             for ip, policy in taps:
-                for rule in policy.ingress if direction == "ingress" else policy.egress:
-                    rules.add(ip, rule)
+                tap_elements, tap_plain = _tap_rules(
+                    ip, policy.ingress if direction == "ingress" else policy.egress, tap_field, remote_field
+                )
+                for slot, elems in tap_elements:
+                    merged.setdefault(slot, []).extend(elems)
+                plain += tap_plain
             chain = [f"    {tap_field} != @{vms} return"]
             slots = [("", f"{prefix}{index}", kind) for kind in _KINDS]
-            for number, group in enumerate(rules.groups()):
+            for number, group in enumerate(sorted({group for group, _ in merged if group})):
                 slots += [(group, f"{prefix}{index}-g{number}", kind) for kind in _GROUP_KINDS]
             for group, stem, kind in slots:
                 name = f"{stem}-{kind}"
                 kind_type, interval, key = _KINDS[kind]
                 lines.append(f"  set {name} {{ type ipv4_addr{kind_type};{' flags interval;' if interval else ''} }}")
-                elements[(family, table, name)] = frozenset(rules.elements.get((group, kind), ()))
+                elements[(family, table, name)] = frozenset(merged.get((group, kind), ()))
                 if interval:
                     intervals.add((family, table, name))
                 guard = f"{remote_field} @{_set_name(group)} " if group else ""
                 chain.append(f"    {guard}{tap_field}{key.format(remote=remote_field)} @{name} return")
-            chain += [f"    {plain}" for plain in rules.plain]
+            chain += [f"    {rule}" for rule in plain]
             lines += [f"  chain {prefix}-{bridge} {{", *chain, "    drop", "  }"]
             jumps[prefix].append(f'"{bridge}" : jump {prefix}-{bridge}')
     lines += _base_chains(jumps)
