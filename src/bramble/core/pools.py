@@ -337,7 +337,7 @@ class PoolService:
                     raise Conflict(in_use)
                 await session.delete(current)
             if self.deps.storage_pools is not None:
-                await self.deps.storage_pools.forget(row.name)
+                await self.deps.storage_pools.forget(pool_spec(row))
 
         await self.deps.runner.run(ctx, "pool.delete", f"pool/{row.name}", work)
 

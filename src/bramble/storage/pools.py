@@ -47,5 +47,5 @@ class StoragePools(Protocol):
         missing Ceph pool, cluster unreachable within the pool's timeout, bad path.
         """
 
-    async def forget(self, name: str) -> None:
-        """Close and drop the driver of a deleted pool."""
+    async def forget(self, pool: PoolSpec) -> None:
+        """Close and drop the driver of a deleted pool, and its empty node-local folders."""

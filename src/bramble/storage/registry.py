@@ -62,10 +62,26 @@ class StorageRegistry:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    async def forget(self, name: str) -> None:
-        held = self._drivers.pop(name, None)
+    async def forget(self, pool: PoolSpec) -> None:
+        """Close the pool's driver and remove the node-local files Bramble made for it.
+
+        Only what is Bramble's own and empty goes: an RBD pool's work directory (the QEMU
+        conf copy, an empty spool), a local pool's empty ``images``/``disks`` folders and the
+        default location ``state_dir/pools/NAME``. A directory the user named stays.
+        """
+        held = self._drivers.pop(pool.name, None)
         if held is not None:
             await held[1].close()
+        if pool.name == DEFAULT_POOL:
+            return
+        if pool.driver == "rbd":
+            shutil.rmtree(self._work_dir(pool), ignore_errors=True)
+        elif pool.driver == "local":
+            root = self._local_root(pool)
+            folders = [root / "images", root / "disks"] + ([root] if pool.path is None else [])
+            for folder in folders:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
 
     async def close(self) -> None:
         drivers = [driver for _, driver in self._drivers.values()] + self._retired

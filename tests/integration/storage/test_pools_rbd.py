@@ -141,6 +141,8 @@ async def test_rbd_pool_holds_an_image_and_its_clones(
     image = await upload_image(api, "deb", payload, pool="ceph")
     assert image["pool"] == "ceph" and image["format"] == "raw"
     assert f"img-{image['id']}" in rbd_images(ceph_pool)
+    work_dir = services.settings.state_dir / "rbd-pools" / "ceph"  # node-local parts, per pool
+    assert (work_dir / "images" / image["id"] / "kernel").read_bytes() == b"kernel"
     grown = (await api.get("/v1/pools/ceph")).json()
     assert grown["images"] == ["deb"]
     assert grown["usage"]["used_bytes"] - first["used_bytes"] == 4 * MIB  # whole objects, holes not counted
@@ -177,6 +179,7 @@ async def test_rbd_pool_holds_an_image_and_its_clones(
     assert not [n for n in rbd_images(ceph_pool) if n.startswith(("img-", "disk-"))]
     assert (await api.delete("/v1/pools/ceph")).status_code == 204
     assert [p["name"] for p in (await api.get("/v1/pools")).json()] == ["default"]
+    assert not work_dir.exists()
 
 
 async def test_qcow2_images_export_raw_from_local_and_rbd(
@@ -234,7 +237,10 @@ async def test_a_frozen_osd_makes_show_say_why_and_a_clone_leave_nothing(
 ) -> None:
     assert (await api.post("/v1/pools", json=rbd_body(ceph, ceph_pool))).status_code == 201
     await upload_image(api, "small", os.urandom(MIB), pool="ceph")
+    queued = (await api.post("/v1/images", json={"name": "late", "arch": "x86_64", "pool": "ceph"})).json()
     with ceph.frozen("osd.0"):
+        upload = await api.put(f"/v1/images/{queued['id']}/data/disk", content=os.urandom(MIB))
+        assert upload.status_code == 503 and "did not answer within 3 s" in upload.json()["error"]["message"]
         shown = await api.get("/v1/pools/ceph")
         assert shown.status_code == 200, shown.text
         assert shown.json()["usage"] is None and "did not answer within 3 s" in shown.json()["usage_error"]
@@ -249,5 +255,8 @@ async def test_a_frozen_osd_makes_show_say_why_and_a_clone_leave_nothing(
     assert stored is not None
     await stored.sweep_partials(older_than=0)  # type: ignore[attr-defined]
     assert not [n for n in rbd_images(ceph_pool) if n.startswith(("disk-", "tmp-"))]
-    assert (await api.delete("/v1/images/small")).status_code == 204
+    assert (await api.get("/v1/images/late")).json()["status"] == "queued"  # nothing under its real name
+    assert f"img-{queued['id']}" not in rbd_images(ceph_pool)
+    for name in ("small", "late"):
+        assert (await api.delete(f"/v1/images/{name}")).status_code == 204
     assert (await api.delete("/v1/pools/ceph")).status_code == 204

@@ -205,6 +205,16 @@ async def test_a_local_pool_reports_statvfs_and_exports_images(
     assert exported.headers["content-length"] == str(len(payload))
     grown = (await api.get("/v1/pools/disk2")).json()["usage"]["used_bytes"]
     assert grown >= len(payload) > usage["used_bytes"]
+    assert (await api.delete("/v1/images/raw")).status_code == 204
+    assert (await api.delete("/v1/pools/disk2")).status_code == 204
+    assert root.is_dir() and list(root.iterdir()) == []  # a directory the user named stays, emptied
+
+    # without --path the pool lives in state_dir/pools/NAME, and goes with the pool
+    assert (await api.post("/v1/pools", json={"name": "inner", "driver": "local"})).status_code == 201
+    inner = services.settings.state_dir / "pools" / "inner"
+    assert (inner / "images").is_dir()
+    assert (await api.delete("/v1/pools/inner")).status_code == 204
+    assert not inner.exists()
 
 
 async def test_image_export(api: httpx.AsyncClient, services: Services) -> None:
