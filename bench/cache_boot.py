@@ -131,7 +131,7 @@ async def main() -> None:
                 keyring=cluster.user_keyring,
                 work_dir=work / "rbd",
             )
-            cache = ImageCache(storage, work / "c")
+            cache = ImageCache(work / "c")
             driver = QemuDriver(work / "vms", accel="tcg", stop_timeout=10, start_timeout=300)
             disk = work / "disk.qcow2"
             shutil.copyfile(guest / "disk.qcow2", disk)
@@ -156,7 +156,8 @@ async def main() -> None:
 
                 for mode in ("cache cold", "cache warm"):
                     overlays = [
-                        await cache.create_overlay(f"{mode[6:]}-{n}", image, 128 * MiB) for n in range(args.vms)
+                        await cache.create_overlay(f"{mode[6:]}-{n}", image, 128 * MiB, storage)
+                        for n in range(args.vms)
                     ]
                     before = osd_read_bytes(cluster)
                     librbd_before = (await cache.stats("bench")).ceph_read_bytes

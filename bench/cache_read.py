@@ -73,11 +73,11 @@ async def main() -> None:
                 keyring=cluster.user_keyring,
                 work_dir=work / "rbd",
             )
-            cache = ImageCache(storage, work / "c")
+            cache = ImageCache(work / "c")
             try:
                 await storage.write_image("bench", pattern_chunks(data))
                 image = await storage.finalize_image("bench")
-                overlay = await cache.create_overlay("vm", image, image.virtual_size_bytes)
+                overlay = await cache.create_overlay("vm", image, image.virtual_size_bytes, storage)
                 targets = {
                     "librbd": ["-f", "raw", storage.reference(storage.image_name("bench"), "base")],
                     "overlay, warm": ["-f", "qcow2", overlay.path],

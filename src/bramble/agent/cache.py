@@ -51,20 +51,19 @@ class VmCacheStats:
 class NodeCache:
     """Cache-tier actions for the agent; one per node, over the RBD driver the images live in."""
 
-    def __init__(
-        self, tier: ImageCache, compute: ComputeDriver, storage: RbdStorageDriver, *, precache_bytes: int = 0
-    ) -> None:
+    def __init__(self, tier: ImageCache, compute: ComputeDriver) -> None:
         self.tier = tier
         self.compute = compute
-        self.storage = storage
-        self.precache_bytes = precache_bytes
         self._started: dict[str, float] = {}  # image id -> when this agent last ensured its owner
         self._precached: dict[str, int] = {}  # image id -> bytes its pre-cache readers asked for
 
     # ------------------------------------------------------------------ create / delete
-    async def prepare_disk(self, disk_id: str, image: StoredImage, size_bytes: int) -> StoredDisk:
+    async def prepare_disk(
+        self, disk_id: str, image: StoredImage, size_bytes: int, storage: RbdStorageDriver, *, precache_bytes: int = 0
+    ) -> StoredDisk:
+        """The VM's disk as an overlay on the node's cache of ``image`` (read from ``storage``'s pool)."""
         self._started[image.image_id] = time.monotonic()
-        return await self.tier.create_overlay(disk_id, image, size_bytes)
+        return await self.tier.create_overlay(disk_id, image, size_bytes, storage, precache_bytes=precache_bytes)
 
     def cached_image(self, spec: VmSpec) -> str | None:
         """The image whose cache the VM's root disk reads, or None if it is not a cache overlay."""
@@ -92,9 +91,12 @@ class NodeCache:
 
     def after_start(self, spec: VmSpec) -> None:
         image_id = self.cached_image(spec)
-        if image_id is not None and self.precache_bytes > 0:
-            self.tier.precache(spec.vm_id, image_id, self.precache_bytes)
-            self._precached[image_id] = self._precached.get(image_id, 0) + self.precache_bytes
+        if image_id is None:
+            return
+        wanted = self.tier.overlay_precache_bytes(spec.disks[0].path)
+        if wanted > 0:
+            self.tier.precache(spec.vm_id, image_id, wanted)
+            self._precached[image_id] = self._precached.get(image_id, 0) + wanted
 
     def after_stop(self, vm_id: str) -> None:
         self.tier.cancel_precache(vm_id)
@@ -118,7 +120,9 @@ class NodeCache:
         await self.tier.close()
 
     # ------------------------------------------------------------------ drop
-    async def drop(self, vm_id: str, disk_id: str, image: StoredImage, *, running: bool) -> StoredDisk:
+    async def drop(
+        self, vm_id: str, disk_id: str, image: StoredImage, storage: RbdStorageDriver, *, running: bool
+    ) -> StoredDisk:
         """Move the VM's disk from its overlay into an RBD clone of ``image``; returns the clone.
 
         Running: the guest is pivoted onto the clone (only the overlay's own data is copied; the
@@ -130,7 +134,7 @@ class NodeCache:
         if self.tier.overlay_image(str(overlay)) != image.image_id:
             raise CacheError(f"disk {disk_id} is not a cache overlay of image {image.image_id} on this node")
         size = self.tier.overlay_size(disk_id)
-        clone = await self.storage.clone_disk(disk_id, image, size)
+        clone = await storage.clone_disk(disk_id, image, size)
         try:
             if running:
                 target = DiskAttachment(clone.path, format="raw", node_name=f"{ROOT_NODE}-rbd")
@@ -139,7 +143,7 @@ class NodeCache:
                 await self._commit_offline(overlay, clone.path)
         except (ComputeError, CacheError, StorageError):
             try:
-                await self.storage.delete_disk(disk_id)
+                await storage.delete_disk(disk_id)
             except StorageError as exc:
                 log.warning("could not remove the clone %s after a failed drop: %s", disk_id, exc)
             raise

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -139,18 +140,34 @@ async def _wait_pidfd(pidfd: int, timeout: float) -> bool:
         loop.remove_reader(pidfd)
 
 
-class ImageCache:
-    """The cache tier of one node for images of one RBD storage driver."""
+@dataclass(frozen=True)
+class _Source:
+    """Where an image's owner reads it: what ``image.json`` records, so the owner can be started
+    again (after a node reboot) without the control plane."""
 
-    def __init__(
-        self,
-        rbd: RbdStorageDriver,
-        cache_dir: Path,
-        *,
-        binary: str = "qemu-storage-daemon",
-        start_timeout: float = 30.0,
-    ) -> None:
-        self.rbd = rbd
+    image_id: str
+    pool: str
+    rbd_image: str
+    user: str
+    client_conf: str
+    virtual_size_bytes: int
+
+    @classmethod
+    def of(cls, image: StoredImage, rbd: RbdStorageDriver) -> _Source:
+        return cls(
+            image_id=image.image_id,
+            pool=rbd.pool,
+            rbd_image=rbd.image_name(image.image_id),
+            user=rbd.user,
+            client_conf=str(rbd.client_conf),
+            virtual_size_bytes=image.virtual_size_bytes,
+        )
+
+
+class ImageCache:
+    """The cache tier of one node: one owner per cached image, whatever RBD pool it lives in."""
+
+    def __init__(self, cache_dir: Path, *, binary: str = "qemu-storage-daemon", start_timeout: float = 30.0) -> None:
         self.cache_dir = Path(cache_dir).absolute()
         self.binary = binary
         self.start_timeout = start_timeout
@@ -217,29 +234,30 @@ class ImageCache:
             return []
         return sorted(e.name for e in self.images_dir.iterdir() if e.is_dir() and self.owner_pid(e.name) is not None)
 
-    def _write_conf(self, directory: Path) -> Path:
+    @staticmethod
+    def _write_conf(source: _Source, directory: Path) -> Path:
         """The owner's Ceph conf: the driver's client conf plus an admin socket for librbd's counters."""
         try:
-            text = Path(self.rbd.client_conf).read_text()
+            text = Path(source.client_conf).read_text()
         except OSError as exc:
-            raise CacheError(f"cannot read the Ceph configuration {self.rbd.client_conf}: {exc.strerror}") from None
+            raise CacheError(f"cannot read the Ceph configuration {source.client_conf}: {exc.strerror}") from None
         conf = directory / "ceph.conf"
         partial = conf.with_name("ceph.conf.partial")
         partial.write_text(
-            f"# written by Bramble's cache tier from {self.rbd.client_conf}\n{text}\n"
-            f"[client.{self.rbd.user}]\nadmin socket = {directory / 'rbd.asok'}\n"
+            f"# written by Bramble's cache tier from {source.client_conf}\n{text}\n"
+            f"[client.{source.user}]\nadmin socket = {directory / 'rbd.asok'}\n"
         )
         os.replace(partial, conf)
         return conf
 
-    def _argv(self, image_id: str, directory: Path, conf: Path) -> list[str]:
+    def _argv(self, source: _Source, directory: Path, conf: Path) -> list[str]:
         ceph = {
             "driver": "rbd",
             "node-name": "ceph",
-            "pool": self.rbd.pool,
-            "image": self.rbd.image_name(image_id),
+            "pool": source.pool,
+            "image": source.rbd_image,
             "snapshot": BASE_SNAPSHOT,
-            "user": self.rbd.user,
+            "user": source.user,
             "conf": str(conf),
             "read-only": True,
         }
@@ -277,38 +295,42 @@ class ImageCache:
             raise CacheError(f"{os.path.basename(argv[0])} failed: {err.decode(errors='replace').strip()}")
         return out.decode()
 
-    async def ensure_owner(self, image: StoredImage) -> str:
-        """Start the image's cache owner unless it runs; returns the NBD URL to read the image through.
+    async def ensure_owner(self, image: StoredImage, rbd: RbdStorageDriver) -> str:
+        """Start the image's cache owner (reading it from ``rbd``'s pool) unless it runs; returns the
+        NBD URL to read the image through.
 
         A cache file made for an earlier upload under the same id (another size) is dropped.
         """
-        image_id = image.image_id
         if image.format == "iso":
-            raise CacheError(f"image {image_id} is an ISO: it is attached as a CD-ROM, not cached")
-        self.rbd.image_name(image_id)  # checks the id
+            raise CacheError(f"image {image.image_id} is an ISO: it is attached as a CD-ROM, not cached")
+        return await self._ensure(_Source.of(image, rbd))
+
+    async def _ensure(self, source: _Source) -> str:
+        image_id = source.image_id
         async with self._lock(image_id):
             directory = self.image_dir(image_id)
             if self.owner_pid(image_id) is not None:
                 return self.export_url(image_id)
             directory.mkdir(parents=True, exist_ok=True)
             record_path = directory / "image.json"
-            record = {"image_id": image_id, "virtual_size_bytes": image.virtual_size_bytes, "path": image.path}
+            record = dataclasses.asdict(source)
             cache_file = directory / "cache.qcow2"
             try:
                 old = json.loads(record_path.read_text())
             except (OSError, ValueError):
                 old = None
-            if old != record:
-                cache_file.unlink(missing_ok=True)
+            identity = ("pool", "rbd_image", "virtual_size_bytes")
+            if old is None or any(old.get(key) != record[key] for key in identity):
+                cache_file.unlink(missing_ok=True)  # made for another image under this id
             if not cache_file.exists():
                 partial = directory / "cache.qcow2.partial"
-                await self._run("qemu-img", "create", "-q", "-f", "qcow2", str(partial), str(image.virtual_size_bytes))
+                await self._run("qemu-img", "create", "-q", "-f", "qcow2", str(partial), str(source.virtual_size_bytes))
                 os.replace(partial, cache_file)
-                record_path.write_text(json.dumps(record))
+            record_path.write_text(json.dumps(record))
             for stale in ("nbd.sock", "qmp.sock", "qsd.pid", "rbd.asok"):
                 (directory / stale).unlink(missing_ok=True)
-            conf = self._write_conf(directory)
-            argv = self._argv(image_id, directory, conf)
+            conf = self._write_conf(source, directory)
+            argv = self._argv(source, directory, conf)
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -339,17 +361,10 @@ class ImageCache:
     async def ensure_owner_for(self, image_id: str) -> str:
         """Start the cache owner of an image cached on this node before (after a node reboot)."""
         try:
-            record = json.loads((self.image_dir(image_id) / "image.json").read_text())
-        except (OSError, ValueError):
+            source = _Source(**json.loads((self.image_dir(image_id) / "image.json").read_text()))
+        except (OSError, ValueError, TypeError):
             raise CacheError(f"image {image_id} has no cache on this node") from None
-        image = StoredImage(
-            image_id=image_id,
-            path=str(record["path"]),
-            format="raw",
-            size_bytes=0,
-            virtual_size_bytes=int(record["virtual_size_bytes"]),
-        )
-        return await self.ensure_owner(image)
+        return await self._ensure(source)
 
     async def stop_owner(self, image_id: str, *, locked: bool = False, timeout: float = 10.0) -> bool:
         """Stop the image's cache owner (SIGTERM: qcow2 metadata is flushed; SIGKILL after ``timeout``).
@@ -392,13 +407,16 @@ class ImageCache:
                 directory.rmdir()
 
     # ------------------------------------------------------------------ overlays (ephemeral disks)
-    async def create_overlay(self, disk_id: str, image: StoredImage, size_bytes: int) -> StoredDisk:
+    async def create_overlay(
+        self, disk_id: str, image: StoredImage, size_bytes: int, rbd: RbdStorageDriver, *, precache_bytes: int = 0
+    ) -> StoredDisk:
         """A VM's ephemeral disk: a local qcow2 whose backing file is the image's cache export.
 
-        Written under a temporary name and renamed, with a sidecar naming the image so the
-        agent can start the right owner before the VM (also after a node reboot).
+        Written under a temporary name and renamed, with a sidecar naming the image (so the
+        agent can start the right owner before the VM, also after a node reboot) and how much
+        of it to pre-cache when the VM starts.
         """
-        url = await self.ensure_owner(image)
+        url = await self.ensure_owner(image, rbd)
         final = self.overlay_path(disk_id)
         size = max(size_bytes, image.virtual_size_bytes)
         sidecar = final.with_suffix(".json")
@@ -410,7 +428,8 @@ class ImageCache:
             await self._run(
                 "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", url, "-u", str(partial), str(size)
             )
-            sidecar.write_text(json.dumps({"image_id": image.image_id, "virtual_size_bytes": size}))
+            record = {"image_id": image.image_id, "virtual_size_bytes": size, "precache_bytes": precache_bytes}
+            sidecar.write_text(json.dumps(record))
             os.replace(partial, final)
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -428,6 +447,13 @@ class ImageCache:
             return int(json.loads(self.overlay_path(disk_id).with_suffix(".json").read_text())["virtual_size_bytes"])
         except (OSError, ValueError, KeyError):
             raise CacheError(f"disk {disk_id} has no cache overlay on this node") from None
+
+    def overlay_precache_bytes(self, disk_path: str) -> int:
+        """How much of its image the VM of this overlay wants pre-cached at start (0: none)."""
+        try:
+            return int(json.loads(Path(disk_path).with_suffix(".json").read_text()).get("precache_bytes", 0))
+        except (OSError, ValueError, AttributeError):
+            return 0
 
     def overlay_bytes(self, disk_id: str) -> int:
         """Allocated bytes of one VM's overlay (its local writes plus qcow2 metadata)."""

@@ -125,7 +125,7 @@ async def storage(ceph: CephCluster, tmp_path: Path) -> AsyncIterator[RbdStorage
 async def cache(storage: RbdStorageDriver) -> AsyncIterator[ImageCache]:
     """A cache tier in a short private directory; every owner it started is stopped by PID."""
     directory = Path(tempfile.mkdtemp(prefix="brc-", dir="/tmp"))
-    tier = ImageCache(storage, directory)
+    tier = ImageCache(directory)
     try:
         yield tier
     finally:
@@ -182,11 +182,11 @@ async def boot(driver: QemuDriver, guests: dict[str, Path], vm_id: str, disk: st
 
 
 async def test_second_boot_reads_far_less_from_ceph(
-    cache: ImageCache, image: StoredImage, driver: QemuDriver, guests: dict[str, Path]
+    storage: RbdStorageDriver, cache: ImageCache, image: StoredImage, driver: QemuDriver, guests: dict[str, Path]
 ) -> None:
     first_vm, second_vm = str(uuid.uuid4()), str(uuid.uuid4())
     try:
-        first_disk = await cache.create_overlay(f"d-{first_vm[:8]}", image, 128 * MiB)
+        first_disk = await cache.create_overlay(f"d-{first_vm[:8]}", image, 128 * MiB, storage)
         assert cache.overlay_image(first_disk.path) == image.image_id
         assert (await cache.stats(image.image_id)).ceph_read_bytes == 0  # nothing read yet
         await boot(driver, guests, first_vm, first_disk.path)
@@ -194,7 +194,7 @@ async def test_second_boot_reads_far_less_from_ceph(
         first = (await cache.stats(image.image_id)).ceph_read_bytes
         await driver.stop(first_vm, force=True)
 
-        second_disk = await cache.create_overlay(f"d-{second_vm[:8]}", image, 128 * MiB)
+        second_disk = await cache.create_overlay(f"d-{second_vm[:8]}", image, 128 * MiB, storage)
         await boot(driver, guests, second_vm, second_disk.path)
         await qemu_io(driver, second_vm, BOOT_READ)
         stats = await cache.stats(image.image_id)
@@ -223,7 +223,7 @@ async def test_ephemeral_writes_stay_local_and_drop_pivots_a_running_guest_onto_
     vm_id = str(uuid.uuid4())
     disk_id = f"d-{vm_id[:8]}"
     try:
-        overlay = await cache.create_overlay(disk_id, image, 128 * MiB)
+        overlay = await cache.create_overlay(disk_id, image, 128 * MiB, storage)
         await boot(driver, guests, vm_id, overlay.path)
         before = cache.overlay_bytes(disk_id)
         await qemu_io(driver, vm_id, "write -P 0x77 100M 1M")
@@ -261,12 +261,12 @@ async def test_ephemeral_writes_stay_local_and_drop_pivots_a_running_guest_onto_
 
 
 async def test_delete_removes_the_overlay_and_its_writes(
-    cache: ImageCache, image: StoredImage, driver: QemuDriver, guests: dict[str, Path]
+    storage: RbdStorageDriver, cache: ImageCache, image: StoredImage, driver: QemuDriver, guests: dict[str, Path]
 ) -> None:
     vm_id = str(uuid.uuid4())
     disk_id = f"d-{vm_id[:8]}"
     try:
-        overlay = await cache.create_overlay(disk_id, image, 64 * MiB)
+        overlay = await cache.create_overlay(disk_id, image, 64 * MiB, storage)
         await boot(driver, guests, vm_id, overlay.path)
         await qemu_io(driver, vm_id, "write -P 0x55 8M 1M")
         await qemu_io(driver, vm_id, "flush")
@@ -275,7 +275,7 @@ async def test_delete_removes_the_overlay_and_its_writes(
         assert not Path(overlay.path).exists()
         assert not Path(overlay.path).with_suffix(".json").exists()
         # a new VM of the same image sees the image, not the deleted VM's write
-        again = await cache.create_overlay(disk_id, image, 64 * MiB)
+        again = await cache.create_overlay(disk_id, image, 64 * MiB, storage)
         check = subprocess.run(
             ["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x42 8M 1M", again.path], capture_output=True, text=True
         )
@@ -286,9 +286,11 @@ async def test_delete_removes_the_overlay_and_its_writes(
         await cache.delete_overlay(disk_id)
 
 
-async def test_precache_fills_the_cache_and_is_cancelled_cleanly(cache: ImageCache, image: StoredImage) -> None:
-    url = await cache.ensure_owner(image)
-    assert await cache.ensure_owner(image) == url  # one owner per image
+async def test_precache_fills_the_cache_and_is_cancelled_cleanly(
+    storage: RbdStorageDriver, cache: ImageCache, image: StoredImage
+) -> None:
+    url = await cache.ensure_owner(image, storage)
+    assert await cache.ensure_owner(image, storage) == url  # one owner per image
     pid = cache.owner_pid(image.image_id)
     assert pid is not None and storage_daemons(str(cache.image_dir(image.image_id))) == {pid}
 
@@ -327,9 +329,11 @@ async def test_precache_fills_the_cache_and_is_cancelled_cleanly(cache: ImageCac
         await cache.ensure_owner_for("never-cached")
 
 
-async def test_concurrent_readers_fetch_each_region_once(cache: ImageCache, image: StoredImage) -> None:
+async def test_concurrent_readers_fetch_each_region_once(
+    storage: RbdStorageDriver, cache: ImageCache, image: StoredImage
+) -> None:
     """Four readers of the whole image at once through the export: Ceph serves each byte once."""
-    url = await cache.ensure_owner(image)
+    url = await cache.ensure_owner(image, storage)
     readers = [
         await asyncio.create_subprocess_exec(
             "qemu-img",
@@ -372,11 +376,11 @@ async def test_node_cache_hit_ratio_release_and_offline_drop(
 ) -> None:
     """The agent's side: pre-cache at start, the hit ratio `vm show` reports, owners released by
     PID when no running VM needs them, and a drop of a stopped VM (commit into an RBD clone)."""
-    node = NodeCache(cache, driver, storage, precache_bytes=16 * MiB)
+    node = NodeCache(cache, driver)
     vm_id, other_vm, rbd_vm = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     disk_id, other_disk = f"d-{vm_id[:8]}", f"d-{other_vm[:8]}"
     try:
-        disk = await node.prepare_disk(disk_id, image, 128 * MiB)
+        disk = await node.prepare_disk(disk_id, image, 128 * MiB, storage, precache_bytes=16 * MiB)
         spec = spec_for(guests, vm_id, disk.path)
         assert node.cached_image(spec) == image.image_id
         await node.before_start(spec)
@@ -390,7 +394,7 @@ async def test_node_cache_hit_ratio_release_and_offline_drop(
         assert first.hit_ratio < 0.1  # everything so far came from Ceph
 
         # a second VM of the image: its boot and its pre-cache are served by the node's cache
-        second = await node.prepare_disk(other_disk, image, 128 * MiB)
+        second = await node.prepare_disk(other_disk, image, 128 * MiB, storage, precache_bytes=16 * MiB)
         other = spec_for(guests, other_vm, second.path)
         await node.before_start(other)
         await boot(driver, guests, other_vm, second.path)
@@ -416,7 +420,7 @@ async def test_node_cache_hit_ratio_release_and_offline_drop(
         assert cache.owner_pid(image.image_id) is None
 
         # drop while stopped: the overlay's writes are committed into a new RBD clone
-        clone = await node.drop(vm_id, disk_id, image, running=False)
+        clone = await node.drop(vm_id, disk_id, image, storage, running=False)
         assert not cache.overlay_path(disk_id).exists()
         assert admin_read(ceph, f"disk-{disk_id}", 90 * MiB, MiB) == b"\x66" * MiB
         assert admin_read(ceph, f"disk-{disk_id}", 0, 4) == b"\x42" * 4

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bramble.storage.cache import EXPORT_NAME, CacheError, ImageCache, allocated_bytes
+from bramble.storage.cache import EXPORT_NAME, CacheError, ImageCache, _Source, allocated_bytes
 from bramble.storage.driver import StoredImage
 from bramble.storage.rbd import RbdStorageDriver
 
@@ -25,17 +25,17 @@ def rbd(tmp_path: Path) -> RbdStorageDriver:
 
 
 @pytest.fixture
-def cache(rbd: RbdStorageDriver) -> Iterator[ImageCache]:
+def cache() -> Iterator[ImageCache]:
     directory = Path(tempfile.mkdtemp(prefix="brc-", dir="/tmp"))  # short: unix socket paths
     try:
-        yield ImageCache(rbd, directory)
+        yield ImageCache(directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_a_cache_dir_too_long_for_unix_sockets_is_refused(rbd: RbdStorageDriver, tmp_path: Path) -> None:
+def test_a_cache_dir_too_long_for_unix_sockets_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match=r"cache_dir .* is too long"):
-        ImageCache(rbd, tmp_path / ("x" * 80))
+        ImageCache(tmp_path / ("x" * 80))
 
 
 def test_paths_and_export_url(cache: ImageCache) -> None:
@@ -53,8 +53,11 @@ def test_paths_and_export_url(cache: ImageCache) -> None:
 def test_overlay_image_reads_the_sidecar_and_ignores_other_disks(cache: ImageCache) -> None:
     overlay = cache.overlay_path("vm1")
     assert cache.overlay_image(str(overlay)) is None  # no sidecar yet
-    overlay.with_suffix(".json").write_text(json.dumps({"image_id": "img1", "virtual_size_bytes": 5}))
+    overlay.with_suffix(".json").write_text(
+        json.dumps({"image_id": "img1", "virtual_size_bytes": 5, "precache_bytes": 7})
+    )
     assert cache.overlay_image(str(overlay)) == "img1"
+    assert cache.overlay_precache_bytes(str(overlay)) == 7
     assert cache.overlay_size("vm1") == 5
     assert cache.images_in_use() == {"img1"}
     assert cache.overlay_image("/var/lib/bramble/disks/vm1.qcow2") is None
@@ -65,7 +68,8 @@ def test_overlay_image_reads_the_sidecar_and_ignores_other_disks(cache: ImageCac
 
 def test_the_owner_reads_the_snapshot_read_only_and_exports_read_only(cache: ImageCache, rbd: RbdStorageDriver) -> None:
     directory = cache.image_dir("img1")
-    argv = cache._argv("img1", directory, directory / "ceph.conf")
+    source = _Source.of(StoredImage("img1", "rbd:vms/img-img1", "raw", 1, 1), rbd)
+    argv = cache._argv(source, directory, directory / "ceph.conf")
     assert argv[0] == "qemu-storage-daemon" and "--daemonize" in argv
     nodes = {
         json.loads(argv[i + 1])["node-name"]: json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "--blockdev"
@@ -86,10 +90,10 @@ def test_the_owner_reads_the_snapshot_read_only_and_exports_read_only(cache: Ima
     assert not any("key" in arg for arg in argv)  # the key stays in the keyring the conf names
 
 
-async def test_an_iso_image_is_not_cached(cache: ImageCache) -> None:
+async def test_an_iso_image_is_not_cached(cache: ImageCache, rbd: RbdStorageDriver) -> None:
     iso = StoredImage("img1", "rbd:vms/img-img1:id=bramble:conf=/c", "iso", 1, 1)
     with pytest.raises(CacheError, match="ISO"):
-        await cache.ensure_owner(iso)
+        await cache.ensure_owner(iso, rbd)
     with pytest.raises(CacheError, match="no cache on this node"):
         await cache.ensure_owner_for("img1")
     assert cache.owner_pid("img1") is None and cache.running() == []
