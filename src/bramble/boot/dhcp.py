@@ -93,6 +93,7 @@ Outcome = Literal[
 ]
 Mode = Literal["authoritative", "proxy"]
 _ZERO = IPv4Address(0)
+_ZERO_BYTES = bytes(4)
 _MIN_LEASE = 60
 _MESSAGE_NAMES = {
     DHCPDISCOVER: "DISCOVER",
@@ -703,7 +704,7 @@ class _Endpoint:
             outcome=outcome,
             yiaddr=None if decision.yiaddr is None else _dotted(decision.yiaddr),
             client=(addr[0], addr[1]),
-            giaddr=None if request.giaddr == _ZERO else _dotted(request.giaddr),
+            giaddr=None if data[24:28] == _ZERO_BYTES else socket.inet_ntoa(data[24:28]),  # the request's bytes
             xid=request.xid,
             reason=decision.reason,
             interface=self.interface,

@@ -311,7 +311,7 @@ def _opt_ip(options: Mapping[int, bytes], code: int) -> IPv4Address | None:
         return None
     if len(raw) != 4:
         raise DhcpDecodeError(f"option {code} has length {len(raw)}, expected 4")
-    return IPv4Address(raw)
+    return _ip4(raw)
 
 
 def _rfc3004_items(raw: bytes) -> list[bytes] | None:
@@ -358,8 +358,20 @@ def _parse_area(area: bytes, where: str, out: dict[int, bytes]) -> None:
         i = end
 
 
+# Addresses seen in packets, by their 4 bytes: a relay, a server id and a subnet's addresses repeat in
+# every packet, and IPv4Address() parses in Python. Addresses are immutable, so sharing them is safe.
+_IP_CACHE: dict[bytes, IPv4Address] = {bytes(4): _ZERO}
+_IP_CACHE_SIZE = 4096
+
+
 def _ip4(raw: bytes) -> IPv4Address:
-    return _ZERO if raw == b"\0\0\0\0" else IPv4Address(raw)  # most header addresses are zero
+    ip = _IP_CACHE.get(raw)
+    if ip is None:
+        if len(_IP_CACHE) >= _IP_CACHE_SIZE:
+            _IP_CACHE.clear()
+            _IP_CACHE[bytes(4)] = _ZERO
+        ip = _IP_CACHE[raw] = IPv4Address(raw)
+    return ip
 
 
 def decode(data: bytes) -> DhcpPacket:
@@ -421,25 +433,30 @@ def decode(data: bytes) -> DhcpPacket:
 
 def _encode_options(options: Mapping[int, bytes]) -> bytes:
     out = bytearray()
-    # 53 first and 54 second (some PXE ROMs read only the first options), then the rest as given, in
-    # one pass without building lists: one reply is encoded per packet served.
-    for code in (OPT_MESSAGE_TYPE, OPT_SERVER_ID):
-        value = options.get(code)
-        if value is not None:
-            _append_option(out, code, value)
+    # 53 first and 54 second (some PXE ROMs read only the first options), then the rest as given.
+    # Replies are built in that order already; other dicts get the two written first.
+    codes = iter(options)
+    first, second = next(codes, None), next(codes, None)
+    ordered = first == OPT_MESSAGE_TYPE and (second == OPT_SERVER_ID or OPT_SERVER_ID not in options)
+    if not ordered:
+        for code in (OPT_MESSAGE_TYPE, OPT_SERVER_ID):
+            value = options.get(code)
+            if value is not None:
+                _append_option(out, code, value)
     for code, value in options.items():
-        if code in (OPT_MESSAGE_TYPE, OPT_SERVER_ID):
+        size = len(value)
+        if 0 < code < 255 and code != OPT_OVERLOAD and size <= 255:  # the common case, inline
+            if not ordered and code in (OPT_MESSAGE_TYPE, OPT_SERVER_ID):
+                continue
+            out.append(code)
+            out.append(size)
+            out += value
             continue
         if not 0 < code < 255:
             raise DhcpEncodeError(f"option code {code} is not an encodable option (1..254)")
         if code == OPT_OVERLOAD:
             raise DhcpEncodeError("option 52 (overload) is managed by the codec, not set by callers")
-        size = len(value)
-        if size <= 255:  # the common case, inline
-            out.append(code)
-            out.append(size)
-            out += value
-        else:
+        if ordered or code not in (OPT_MESSAGE_TYPE, OPT_SERVER_ID):
             _append_option(out, code, value)
     out.append(OPT_END)
     return bytes(out)
@@ -612,7 +629,7 @@ def reply_to(
         "yiaddr": _ZERO if yiaddr is None or message_type == DHCPNAK else _as_ip(yiaddr),
         "siaddr": _ZERO if siaddr is None else _as_ip(siaddr),
         "giaddr": request.giaddr,
-        "chaddr": bytes(request.chaddr).ljust(16, b"\0"),
+        "chaddr": request.chaddr if len(request.chaddr) == 16 else bytes(request.chaddr).ljust(16, b"\0"),
         "sname": _text_field(sname) if sname else b"",
         "file": _text_field(file) if file else b"",
         "options": opts,
