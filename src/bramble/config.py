@@ -49,6 +49,11 @@ class StorageSettings(_Section):
     ceph_keyring: Path | None = None  # default: the conf's keyring setting
     # An unreachable cluster fails an operation after this long instead of librados' 5 minutes.
     ceph_timeout_seconds: int = Field(default=15, ge=1, le=3600)
+    # Node cache tier (rbd only): new VMs get a local overlay on a node-wide cache of their image
+    # unless `vm create` says otherwise; cache_dir must be short (unix sockets live in it).
+    cache: Literal["off", "on"] = "off"
+    cache_dir: Path | None = None  # default: state_dir / "cache"
+    precache_gib: float = Field(default=0.0, ge=0)  # read the first N GiB of the image when a VM starts
 
 
 class AgentSettings(_Section):
@@ -154,6 +159,10 @@ class Settings(BaseSettings):
     @property
     def boot_files_path(self) -> Path:
         return self.boot.files_dir or self.state_dir / "boot-files"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.storage.cache_dir or self.state_dir / "cache"
 
     @property
     def admin_token_path(self) -> Path:

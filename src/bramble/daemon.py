@@ -23,6 +23,7 @@ import uvicorn
 
 from bramble import __version__
 from bramble.agent.agent import Agent
+from bramble.agent.cache import NodeCache
 from bramble.agent.metadata import MetadataService
 from bramble.agent.network import NodeNetworks
 from bramble.api.app import create_app
@@ -37,6 +38,7 @@ from bramble.core.operations import OperationRunner
 from bramble.core.pools import default_pool_spec
 from bramble.db.migrate import upgrade
 from bramble.db.session import Database
+from bramble.storage.cache import CacheError, ImageCache
 from bramble.storage.driver import StorageDriver
 from bramble.storage.registry import StorageRegistry
 
@@ -187,9 +189,10 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
         accel, reason = await asyncio.to_thread(choose_accel, settings)
         node = settings.node_name or socket.gethostname()
         networks = make_networks(settings)
+        node_compute = compute or make_compute(settings, accel)
         agent = Agent(
             node,
-            compute or make_compute(settings, accel),
+            node_compute,
             storage,
             cloud.nodes,
             accel=accel,
@@ -203,6 +206,7 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
             # real bridges only: the fake network driver has no DNAT to bring guests to a listener
             metadata=MetadataService() if networks.serve_dhcp else None,
             pools=pools,
+            cache=make_cache(settings, node_compute),
         )
         nodes.agents[node] = agent
         await agent.start()
@@ -212,6 +216,18 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
         boot, observations = await start_boot_role(settings, db, inventory)
         cloud.deps.boot = boot
     return Services(settings, db, cloud, agent, token, boot, observations, pools)
+
+
+def make_cache(settings: Settings, compute: ComputeDriver) -> NodeCache | None:
+    """The node cache tier in front of RBD images, for QEMU nodes; None (and a warning) if
+    ``cache_dir`` cannot hold its unix sockets, so a VM asking for the cache gets a clear error."""
+    if compute.name != "qemu":
+        return None
+    try:
+        return NodeCache(ImageCache(settings.cache_path), compute)
+    except (CacheError, OSError) as exc:
+        log.warning("no cache tier on this node: %s", exc)
+        return None
 
 
 async def start_boot_role(settings: Settings, db: Database, inventory: Inventory) -> tuple[BootRole, ObservationLog]:

@@ -14,7 +14,9 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+from bramble.agent.cache import NodeCache
 from bramble.agent.control import ControlPlane
 from bramble.agent.metadata import MetadataRequest, MetadataService
 from bramble.agent.network import NodeNetworks
@@ -31,8 +33,9 @@ from bramble.compute.driver import (
     VmSpec,
 )
 from bramble.compute.seed import build_seed_iso
-from bramble.storage.driver import StorageDriver, StoredDisk, StoredImage
+from bramble.storage.driver import StorageDriver, StorageError, StoredDisk, StoredImage
 from bramble.storage.pools import PoolSpec, StoragePools
+from bramble.storage.rbd import RbdStorageDriver
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +69,13 @@ class Agent:
         seed_dir: Path | None = None,
         metadata: MetadataService | None = None,
         pools: StoragePools | None = None,
+        cache: NodeCache | None = None,
     ) -> None:
         self.node = node
         self.compute = compute
         self.storage = storage  # the default pool's driver
         self.pools = pools  # every pool's driver, built from the specs requests carry
+        self.cache = cache  # the node cache tier in front of RBD images; None: not on this node
         self.control = control
         self.accel = accel
         self.accel_reason = accel_reason
@@ -159,6 +164,8 @@ class Agent:
         self._tasks = []
         self.compute.set_state_callback(None)
         await self.compute.close()
+        if self.cache is not None:
+            await self.cache.close()  # pre-cache readers stop; cache owners keep serving running VMs
         if self.networks is not None:
             await self.networks.close()
         if self.metadata is not None:
@@ -225,6 +232,21 @@ class Agent:
                 await self.networks.refresh_floating()
             except Exception:  # the next pass tries again
                 log.exception("could not apply the floating IPs")
+        if self.cache is not None and self.cache.tier.running():
+            try:
+                await self._release_caches()
+            except Exception:  # housekeeping: the next pass tries again
+                log.exception("could not release unused image caches")
+
+    async def _release_caches(self) -> None:
+        """Stop the cache owners (by PID) that no VM running on this node reads from."""
+        assert self.cache is not None
+        running = []
+        for desired in await self.control.desired_vms(self.node):
+            if (await self.compute.status(desired.spec.vm_id)).state in (PowerState.RUNNING, PowerState.PAUSED):
+                running.append(desired.spec)
+        for image_id in await self.cache.release_unused(running):
+            log.info("stopped the cache owner of image %s: no running VM here reads it", image_id)
 
     async def _converge(self, desired: DesiredVm) -> None:
         vm_id = desired.spec.vm_id
@@ -237,9 +259,11 @@ class Agent:
             if want in ("running", "paused") and runtime.state in (PowerState.STOPPED, PowerState.CRASHED):
                 if not self._may_restart(vm_id):
                     return
-                if desired.disk_id and not await self._storage_for(desired.disk_pool).disk_exists(desired.disk_id):
+                if desired.disk_id and not await self._disk_present(desired):
                     raise ComputeError("its disk is missing")
+                await self._before_start(desired.spec)
                 runtime = await self.compute.start(await self._seeded(self._placed(desired.spec)))
+                self._after_start(desired.spec)
                 runtime.extra["accel"] = self._placed(desired.spec).accel
                 runtime.reason = f"started by the agent: desired state is {want}"
                 self._restart_failures.pop(vm_id, None)
@@ -247,6 +271,8 @@ class Agent:
                     runtime = await self.compute.pause(vm_id)
             elif want == "stopped" and runtime.state in (PowerState.RUNNING, PowerState.PAUSED):
                 runtime = await self.compute.stop(vm_id, timeout=self.stop_timeout)
+                if self.cache is not None:
+                    self.cache.after_stop(vm_id)
             elif want == "paused" and runtime.state is PowerState.RUNNING:
                 runtime = await self.compute.pause(vm_id)
             elif want == "running" and runtime.state is PowerState.PAUSED:
@@ -301,13 +327,63 @@ class Agent:
         return await self._storage_for(pool).clone_disk(disk_id, image, size_bytes)
 
     async def delete_disk(self, disk_id: str, pool: PoolSpec | None = None) -> None:
+        if self.cache is not None and await self.cache.delete_disk(disk_id):
+            return  # a cached disk: its overlay (and the VM's writes) are gone; nothing in Ceph
         await self._storage_for(pool).delete_disk(disk_id)
+
+    # ------------------------------------------------------------------ cache tier
+    def _cache_storage(self, pool: PoolSpec | None) -> tuple[NodeCache, RbdStorageDriver]:
+        storage = self._storage_for(pool)
+        if self.cache is None:
+            raise StorageError("this node has no cache tier (its [storage] cache_dir could not be used)")
+        if not isinstance(storage, RbdStorageDriver):
+            raise StorageError(f"the cache tier fronts RBD images; this pool uses the {storage.name} driver")
+        return self.cache, storage
+
+    async def _disk_present(self, desired: DesiredVm) -> bool:
+        assert desired.disk_id is not None
+        if self.cache is not None and self.cache.cached_image(desired.spec) is not None:
+            return True  # an overlay on this node's cache; its owner is started before QEMU
+        return await self._storage_for(desired.disk_pool).disk_exists(desired.disk_id)
+
+    async def _before_start(self, spec: VmSpec) -> None:
+        if self.cache is not None:
+            await self.cache.before_start(spec)
+
+    def _after_start(self, spec: VmSpec) -> None:
+        if self.cache is not None:
+            self.cache.after_start(spec)
+
+    async def prepare_cached_disk(
+        self, disk_id: str, image: StoredImage, size_bytes: int, pool: PoolSpec | None, precache_bytes: int
+    ) -> StoredDisk:
+        cache, storage = self._cache_storage(pool)
+        return await cache.prepare_disk(disk_id, image, size_bytes, storage, precache_bytes=precache_bytes)
+
+    async def drop_cache(self, vm_id: str, image: StoredImage, pool: PoolSpec | None) -> StoredDisk:
+        """Into Ceph: a running guest is pivoted onto an RBD clone, a stopped VM's overlay committed into one."""
+        cache, storage = self._cache_storage(pool)
+        async with self._lock(vm_id):
+            state = (await self.compute.status(vm_id)).state
+            running = state in (PowerState.RUNNING, PowerState.PAUSED)
+            return await cache.drop(vm_id, vm_id, image, storage, running=running)
+
+    async def cache_stats(self, spec: VmSpec) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        others = [desired.spec for desired in await self.control.desired_vms(self.node)]
+        stats = await self.cache.stats(spec, others)
+        if stats is None:
+            return None
+        return {**dataclasses.asdict(stats), "cache_bytes": stats.cache_bytes}
 
     async def start_vm(self, spec: VmSpec) -> VmRuntime:
         placed = self._placed(spec)
         async with self._lock(spec.vm_id):
             await self._plug(placed)
+            await self._before_start(placed)
             runtime = await self.compute.start(await self._seeded(placed))
+            self._after_start(placed)
         runtime.extra["accel"] = placed.accel
         self._restart_failures.pop(spec.vm_id, None)
         return runtime
@@ -326,6 +402,8 @@ class Agent:
 
     async def stop_vm(self, vm_id: str, *, force: bool, timeout: float | None = None) -> VmRuntime:
         async with self._lock(vm_id):
+            if self.cache is not None:
+                self.cache.after_stop(vm_id)
             return await self.compute.stop(
                 vm_id, force=force, timeout=self.stop_timeout if timeout is None else timeout
             )
@@ -344,6 +422,8 @@ class Agent:
 
     async def destroy_vm(self, vm_id: str) -> None:
         async with self._lock(vm_id):
+            if self.cache is not None:
+                self.cache.after_stop(vm_id)
             await self.compute.stop(vm_id, force=True)
             await self.compute.cleanup(vm_id)
             # The console log outlives a stop but not a delete. Only a regular file is

@@ -76,6 +76,7 @@ def vm(
         key_name=row.key_name,
         has_user_data=row.user_data is not None,
         pool=row.pool,
+        cache=row.cache,
         nics=[
             schemas.VmNic(
                 network=network.name,

@@ -114,10 +114,27 @@ class VmCreate(Strict):
     pool: str | None = Field(
         default=None, max_length=63, description="storage pool of the VM's disk; default: the image's pool"
     )
+    cache: bool | None = Field(
+        default=None,
+        description="disk as a local overlay on the node's cache of the RBD image (writes stay on the node); "
+        "default: [storage] cache",
+    )
 
 
 class VmAction(Strict):
     force: bool = False
+
+
+class VmCacheStats(BaseModel):
+    """A cached VM's figures from its node (the image's part is shared by its VMs there)."""
+
+    image_id: str
+    cache_bytes: int  # overlay_bytes + image_cache_bytes
+    overlay_bytes: int  # this VM's local writes
+    image_cache_bytes: int  # the node's cache of the image
+    ceph_read_bytes: int  # read from Ceph by the image's cache owner since it started
+    served_bytes: int  # read by the image's running guests on the node, plus pre-cache reads
+    hit_ratio: float | None = None  # 1 - ceph_read / served; None before anything was read
 
 
 class Vm(BaseModel):
@@ -144,6 +161,8 @@ class Vm(BaseModel):
     has_user_data: bool = False
     pool: str | None = None  # storage pool of the VM's disk
     volumes: list[VmVolume] = []
+    cache: str = "off"  # on: the disk is a local overlay on the node's cache tier
+    cache_stats: VmCacheStats | None = None  # `vm show` only, when the node answers
 
 
 class ConsoleChunk(BaseModel):

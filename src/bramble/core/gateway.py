@@ -6,7 +6,7 @@ nodes it is an HTTP client to that node's agent. Core never imports the agent.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from bramble.boot.records import InventoryProblem, Machine, Profile, WriteResult
 from bramble.compute.driver import ConsoleData, DiskAttachment, VmRuntime, VmSpec
@@ -21,6 +21,17 @@ class NodeGateway(Protocol):
         """Clone ``image`` into a VM disk in ``pool`` (None: the node's default pool)."""
 
     async def delete_disk(self, disk_id: str, pool: PoolSpec | None = None) -> None: ...
+
+    async def prepare_cached_disk(
+        self, disk_id: str, image: StoredImage, size_bytes: int, pool: PoolSpec | None, precache_bytes: int
+    ) -> StoredDisk:
+        """A VM disk as a local overlay on this node's cache of ``image`` (an RBD pool's image)."""
+
+    async def drop_cache(self, vm_id: str, image: StoredImage, pool: PoolSpec | None) -> StoredDisk:
+        """Move the VM's cached disk into an RBD clone in ``pool`` (a running guest is pivoted live)."""
+
+    async def cache_stats(self, spec: VmSpec) -> dict[str, Any] | None:
+        """Cache size and hit ratio of a VM's cached disk (None: its disk is not cached here)."""
 
     async def start_vm(self, spec: VmSpec) -> VmRuntime: ...
 

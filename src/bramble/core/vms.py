@@ -74,6 +74,7 @@ class VmRequest:
     key: str | None = None  # keypair name or id; its public key is copied into the VM
     user_data: str | None = None  # cloud-init user-data, at most MAX_USER_DATA bytes of UTF-8
     pool: str | None = None  # storage pool of the VM's disk; default: the image's pool
+    cache: bool | None = None  # disk as an overlay on the node's cache tier; None: [storage] cache
 
 
 def vm_summary(row: VmRow) -> dict[str, Any]:
@@ -88,6 +89,7 @@ def vm_summary(row: VmRow) -> dict[str, Any]:
         "node": row.node,
         "pid": row.pid,
         "pool": row.pool,
+        "cache": row.cache,
     }
 
 
@@ -196,7 +198,12 @@ class VmService:
             gateway = self._gateway(row)
             await op.progress(10, "creating disk")
             pool = await spec_of(self.deps, row.pool)
-            disk = await gateway.prepare_disk(row.id, stored_image(image), row.disk_gib * GIB, pool)
+            if row.cache == "on":
+                precache = int(self.deps.settings.storage.precache_gib * GIB)
+                stored = stored_image(image)
+                disk = await gateway.prepare_cached_disk(row.id, stored, row.disk_gib * GIB, pool, precache)
+            else:
+                disk = await gateway.prepare_disk(row.id, stored_image(image), row.disk_gib * GIB, pool)
             op.undo.push("delete the disk", lambda: gateway.delete_disk(row.id, pool))
             await self._update(row.id, disk_path=disk.path)
             row.disk_path = disk.path
@@ -233,6 +240,7 @@ class VmService:
         if image.status != "active":
             raise Conflict(f"image {image.name!r} is {image.status}, not active")
         check_same_pool(image, pool_spec(image_pool), pool_spec(disk_pool))
+        cache = self._cache_choice(req, image, disk_pool.driver, disk_pool.name)
         cpus = req.cpus or (flavor.cpus if flavor else None)
         memory = req.memory_mib or (flavor.memory_mib if flavor else None)
         disk = req.disk_gib or (flavor.disk_gib if flavor else None)
@@ -265,6 +273,7 @@ class VmService:
             ssh_public_key=keypair.public_key if keypair else None,
             user_data=req.user_data,
             pool=disk_pool.name,
+            cache="on" if cache else "off",
             created_at=utcnow(),
             updated_at=utcnow(),
         )
@@ -290,6 +299,50 @@ class VmService:
         except IntegrityError:
             raise Conflict(f"a VM named {req.name!r} already exists") from None
         return row, image
+
+    def _cache_choice(self, req: VmRequest, image: ImageRow, driver: str, pool: str) -> bool:
+        """Whether the VM's disk goes on the node cache tier: asked for, else the configured default
+        where it can apply (an RBD pool, a disk image). Asked for where it cannot: a 422."""
+        if req.cache is None:
+            return self.deps.settings.storage.cache == "on" and driver == "rbd" and image.format != "iso"
+        if req.cache and driver != "rbd":
+            raise Invalid(f"the cache tier fronts RBD images; pool {pool!r} uses the {driver} driver")
+        if req.cache and image.format == "iso":
+            raise Invalid(f"image {image.name!r} is an ISO (attached as a CD-ROM): there is no disk to cache")
+        return req.cache
+
+    # ------------------------------------------------------------------ cache tier
+    async def drop_cache(self, ctx: RequestContext, ref: str) -> OperationRow:
+        """Move the VM's disk from its node-local overlay into an RBD clone (running or not)."""
+        async with self.deps.runner.validating(ctx, "vm.cache_drop", f"vm/{ref}"):
+            row, image, _ = await self.get(ref)
+            if row.cache != "on":
+                raise Conflict(f"VM {row.name!r} has no cached disk (its disk is in its pool already)")
+            if row.state in ("creating", "deleting"):
+                raise Conflict(f"VM {row.name!r} is {row.state}; drop its cache when that finishes")
+            if image is None:
+                raise Conflict(f"the image of VM {row.name!r} is gone; its overlay cannot be moved into Ceph")
+
+        async def work(op: OperationHandle) -> dict[str, Any]:
+            vm, image_row, _ = await self.get(row.id)
+            assert image_row is not None
+            op.before = vm_summary(vm)
+            gateway = self._gateway(vm)
+            disk = await gateway.drop_cache(vm.id, stored_image(image_row), await spec_of(self.deps, vm.pool))
+            await self._update(vm.id, disk_path=disk.path, cache="off")
+            op.after = vm_summary(await self._reload(vm.id))
+            return {"vm_id": vm.id, "disk": disk.path}
+
+        return await self.deps.runner.submit(ctx, "vm.cache_drop", f"vm/{row.name}", work)
+
+    async def cache_stats(self, row: VmRow, image: ImageRow | None) -> dict[str, Any] | None:
+        """The node's figures for a VM's cached disk (None: not cached, or the node does not answer)."""
+        if row.cache != "on" or row.node is None:
+            return None
+        try:
+            return await self._gateway(row).cache_stats(await self.spec(row, image))
+        except Exception:  # figures are best effort: `vm show` must work with the node away
+            return None
 
     async def _place(self, session: AsyncSession, arch: str, cpus: int, memory: int) -> str:
         compute = self.deps.settings.compute

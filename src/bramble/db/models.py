@@ -119,6 +119,8 @@ class VmRow(Base):
     vnc_display: Mapped[int | None] = mapped_column(Integer, unique=True)
     disk_path: Mapped[str | None] = mapped_column(Text)
     pool: Mapped[str | None] = mapped_column(String(63))  # the disk's storage pool; None: the default pool
+    # "on": disk_path is a local overlay on this node's cache of the RBD image (storage/cache.py)
+    cache: Mapped[str] = mapped_column(String(8), default="off", server_default="off")
     # cloud-init: the key is copied at create time (deleting the keypair leaves the VM's key alone)
     key_name: Mapped[str | None] = mapped_column(String(63))
     ssh_public_key: Mapped[str | None] = mapped_column(Text)

@@ -51,7 +51,19 @@ async def create_vm(body: schemas.VmCreate, cloud: CloudDep, ctx: ContextDep) ->
 
 @router.get("/{ref}", response_model=schemas.Vm)
 async def show_vm(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Vm:
-    return await _with_nics(cloud, *(await cloud.vms.get(ref)))
+    vm, image, flavor = await cloud.vms.get(ref)
+    shown = await _with_nics(cloud, vm, image, flavor)
+    stats = await cloud.vms.cache_stats(vm, image)
+    if stats is not None:
+        shown.cache_stats = schemas.VmCacheStats.model_validate(stats, from_attributes=False)
+    return shown
+
+
+@router.post("/{ref}/cache/drop", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
+async def drop_cache(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Accepted:
+    """Move the VM's disk from its node-local cache overlay into an RBD clone (a running guest keeps running)."""
+    op = await cloud.vms.drop_cache(ctx, ref)
+    return schemas.Accepted(operation=convert.operation(op))
 
 
 @router.post("/{ref}/actions/{action}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
