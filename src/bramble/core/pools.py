@@ -262,7 +262,7 @@ class PoolService:
             if self.deps.storage_pools is None:
                 raise Invalid("this daemon has a single storage driver; it cannot add pools")
             try:
-                usage = await self.deps.storage_pools.probe(spec)
+                await self.deps.storage_pools.probe(spec)
             except StorageError as exc:
                 raise storage_failure(exc, f"pool {spec.name!r} is not usable") from None
         row = StoragePoolRow(
@@ -287,7 +287,7 @@ class PoolService:
                     session.add(row)
             except IntegrityError:
                 raise Conflict(f"pool {spec.name!r} already exists") from None
-            op.after = {**pool_summary(row), "used_bytes": usage.used_bytes, "capacity_bytes": usage.capacity_bytes}
+            op.after = pool_summary(row)
             return {"pool_id": row.id}
 
         await self.deps.runner.run(ctx, "pool.create", target, work)

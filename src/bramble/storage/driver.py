@@ -152,8 +152,12 @@ class StorageDriver(ABC):
         raise NotImplementedError(f"{self.name} storage cannot export images")
 
     async def usage(self) -> PoolUsage:
-        """How full the pool is; also proves the backend answers (pool create probes with it)."""
+        """How full the pool is (``pool show``)."""
         raise NotImplementedError(f"{self.name} storage cannot report usage")
+
+    async def check(self) -> None:
+        """Prove the pool can be used (``pool create``): raises StorageError saying why not."""
+        await self.usage()
 
     async def close(self) -> None:
         """Let go of connections (a deleted pool); the next call may open them again."""

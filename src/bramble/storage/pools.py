@@ -40,8 +40,8 @@ class StoragePools(Protocol):
     def driver(self, pool: PoolSpec) -> StorageDriver:
         """The pool's driver; built on first use, rebuilt when the spec changed."""
 
-    async def probe(self, pool: PoolSpec) -> PoolUsage:
-        """Open the pool with a throwaway driver (nothing cached) and report its usage.
+    async def probe(self, pool: PoolSpec) -> None:
+        """Open the pool with a throwaway driver (nothing cached, nothing left on the node).
 
         Raises StorageError with the reason when the pool cannot be used: wrong key,
         missing Ceph pool, cluster unreachable within the pool's timeout, bad path.

@@ -993,6 +993,17 @@ class RbdStorageDriver(StorageDriver):
 
         return await self._call(f"measuring pool {self.pool!r}", measure)
 
+    async def check(self) -> None:
+        """Connect, open the pool and list it: proves the key, the pool and an answering OSD,
+        without measuring every image as ``usage`` does."""
+
+        def listing(ioctx: Any) -> None:
+            import rbd
+
+            rbd.RBD().list(ioctx)
+
+        await self._call(f"listing pool {self.pool!r}", listing)
+
     def _mon_json(self, command: dict[str, Any]) -> dict[str, Any]:
         """A monitor command's JSON answer; {} when the monitor refuses it (a restricted user may)."""
         ret, out, _status = self._cluster.mon_command(json.dumps(command), b"", timeout=self.op_timeout)

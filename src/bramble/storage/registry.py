@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bramble.storage.driver import PoolUsage, StorageDriver, StorageError
+from bramble.storage.driver import StorageDriver, StorageError
 from bramble.storage.pools import DEFAULT_POOL, PoolSpec
 
 
@@ -40,11 +40,11 @@ class StorageRegistry:
             self._retired.append(held[1])  # a request may still be using it
         return built
 
-    async def probe(self, pool: PoolSpec) -> PoolUsage:
+    async def probe(self, pool: PoolSpec) -> None:
         if pool.driver == "fake":
             if pool.name in self.fake_refusals:
                 raise StorageError(self.fake_refusals[pool.name])
-            return await self._build(pool, self.state_dir).usage()
+            return await self._build(pool, self.state_dir).check()
         # A scratch work directory: a refused pool must leave nothing on the node.
         self.state_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".pool-probe-", dir=self.state_dir))
@@ -52,7 +52,7 @@ class StorageRegistry:
         try:
             driver = self._build(pool, scratch)
             try:
-                return await driver.usage()
+                await driver.check()
             finally:
                 await driver.close()
         except BaseException:
