@@ -45,6 +45,7 @@ from bramble.proto.dhcp import (
     OPT_MESSAGE_TYPE,
     OPT_PARAM_REQUEST_LIST,
     OPT_REBINDING_TIME,
+    OPT_RELAY_AGENT_INFO,
     OPT_RENEWAL_TIME,
     OPT_ROUTER,
     OPT_SERVER_ID,
@@ -57,6 +58,7 @@ from bramble.proto.dhcp import (
     DhcpPacket,
     decode,
     encode,
+    encode_options,
     option_ip,
     option_ips,
     option_str,
@@ -126,6 +128,7 @@ _SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; Python 3.11's socket modul
 _DISCOVER_PREFIX = b"\x35\x01\x01"  # option 53 = DISCOVER as the first option (what clients send)
 _BROADCAST_STR = "255.255.255.255"
 _REPLY_COUNTER = {DHCPOFFER: "offers", DHCPACK: "acks", DHCPNAK: "naks"}
+_MESSAGE_TYPE_BYTES = {mtype: bytes((mtype,)) for mtype in range(1, 19)}
 _PXE_SUB_BOOT_ITEM = 71  # PXE 2.1 option 43 sub-option: boot server type and layer (4011 exchange)
 
 
@@ -157,10 +160,11 @@ class DhcpConfig:
     # Derived once, used per packet: option values that never change, and the subnet as integers.
     _options: Mapping[int, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
     _net: tuple[int, int] = field(default=(0, 0), init=False, repr=False, compare=False)
-    # Reply option blocks by (the client's option 55, lease seconds): see _reply.
-    _blocks: dict[tuple[bytes, int | None], dict[int, bytes]] = field(
+    # Reply option blocks by (the client's option 55, lease seconds), and their encoding: see _reply.
+    _blocks: dict[tuple[bytes, int | None], tuple[dict[int, bytes], bytes]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _server_id_option: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         options: dict[int, bytes] = {OPT_SUBNET_MASK: option_ip(self.subnet.netmask)}
@@ -173,6 +177,7 @@ class DhcpConfig:
         options[OPT_BROADCAST] = option_ip(self.subnet.broadcast_address)
         object.__setattr__(self, "_options", options)
         object.__setattr__(self, "_net", (int(self.subnet.network_address), int(self.subnet.netmask)))
+        object.__setattr__(self, "_server_id_option", bytes((OPT_SERVER_ID, 4)) + self.server_ip.packed)
 
     def on_link(self, ip: IPv4Address) -> bool:
         network, mask = self._net
@@ -206,6 +211,8 @@ class Decision:
     reason: str = ""
     boot_file: str | None = None
     wire: bytes | None = field(default=None, repr=False, compare=False)
+    # The reply's options area, encoded, while they are exactly what _reply built (see decide).
+    options_wire: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -256,7 +263,8 @@ def decide(
     elif mtype == DHCPRELEASE:
         return _release(request, store, config, now)
     elif mtype == DHCPINFORM:
-        decision = Decision(_reply(request, config, DHCPACK, None, None, now), "informed")
+        informed, options_wire = _reply(request, config, DHCPACK, None, None)
+        decision = Decision(informed, "informed", options_wire=options_wire)
     else:
         return Decision(None, "ignored", reason=f"message type {mtype} is not a client message")
     reply = decision.reply
@@ -268,6 +276,13 @@ def decide(
         if answer is not None:
             _add_boot(request, reply, answer, proxy=False)
             decision.boot_file = answer.file
+            decision.options_wire = None  # the options changed
+    if decision.options_wire is not None:
+        try:
+            decision.wire = encode(reply, encoded_options=decision.options_wire)
+            return decision
+        except DhcpEncodeError:
+            pass  # over the client's size limit: _fit drops options until it fits
     decision.wire = _fit(reply)
     return decision
 
@@ -390,8 +405,8 @@ def _discover(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: f
             return Decision(None, "ignored", reason="no reservation for this client")
         log.warning("dhcp: pool %s-%s exhausted, no offer for %s", config.range_start, config.range_end, request.mac)
         return Decision(None, "exhausted", reason="no free address")
-    reply = _reply(request, config, DHCPOFFER, lease.ip, _lease_seconds(request, config), now)
-    return Decision(reply, "offered", lease.ip)
+    reply, options_wire = _reply(request, config, DHCPOFFER, lease.ip, _lease_seconds(request, config))
+    return Decision(reply, "offered", lease.ip, options_wire=options_wire)
 
 
 def _request(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: float) -> Decision:
@@ -428,7 +443,8 @@ def _bind(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, ip: IPv4Ad
     lease = store.bind(request.mac, ip, seconds, client_id=request.client_id, hostname=request.hostname, now=now)
     if lease is None:
         return _nak(request, config, f"{ip} is not available to {request.mac}", now)
-    return Decision(_reply(request, config, DHCPACK, lease.ip, seconds, now), "acked", lease.ip)
+    reply, options_wire = _reply(request, config, DHCPACK, lease.ip, seconds)
+    return Decision(reply, "acked", lease.ip, options_wire=options_wire)
 
 
 def _decline(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: float) -> Decision:
@@ -476,22 +492,23 @@ def _lease_seconds(request: DhcpPacket, config: DhcpConfig) -> int:
 
 
 def _reply(
-    request: DhcpPacket,
-    config: DhcpConfig,
-    mtype: int,
-    yiaddr: IPv4Address | None,
-    lease_seconds: int | None,
-    now: float,
-) -> DhcpPacket:
+    request: DhcpPacket, config: DhcpConfig, mtype: int, yiaddr: IPv4Address | None, lease_seconds: int | None
+) -> tuple[DhcpPacket, bytes | None]:
+    """The reply, and its options already encoded when they are the ones every such client gets."""
     available = _available_options(request, config)
     wanted = request.options.get(OPT_PARAM_REQUEST_LIST, b"")
     shared = available is config._options  # no per-client hostname: the block depends on (55, lease) only
-    block = config._blocks.get((wanted, lease_seconds)) if shared else None
-    if block is None:
+    cached = config._blocks.get((wanted, lease_seconds)) if shared else None
+    if cached is None:
         block = _option_block(available, wanted, lease_seconds)
+        cached = (block, encode_options(block))
         if shared and len(config._blocks) < 256:  # clients choose 55 and 51: keep the cache bounded
-            config._blocks[wanted, lease_seconds] = block
-    return reply_to(request, mtype, yiaddr, config.server_ip, block)
+            config._blocks[wanted, lease_seconds] = cached
+    block, block_wire = cached
+    reply = reply_to(request, mtype, yiaddr, config.server_ip, block)
+    if not shared or OPT_RELAY_AGENT_INFO in request.options:
+        return reply, None  # reply_to adds option 82 after the block
+    return reply, b"\x35\x01" + _MESSAGE_TYPE_BYTES[mtype] + config._server_id_option + block_wire
 
 
 def _option_block(available: Mapping[int, bytes], wanted: bytes, lease_seconds: int | None) -> dict[int, bytes]:

@@ -31,6 +31,7 @@ __all__ = [
     "FirmwareKind",
     "decode",
     "encode",
+    "encode_options",
     "firmware_kind",
     "ipxe_encap_option",
     "max_reply_size",
@@ -476,11 +477,18 @@ def _append_option(out: bytearray, code: int, value: bytes) -> None:
         out += bytes((code, len(chunk))) + chunk
 
 
-def encode(packet: DhcpPacket, max_size: int | None = None) -> bytes:
+def encode_options(options: Mapping[int, bytes]) -> bytes:
+    """The options area of a message (53 and 54 first, then in order, END last)."""
+    return _encode_options(options)
+
+
+def encode(packet: DhcpPacket, max_size: int | None = None, *, encoded_options: bytes | None = None) -> bytes:
     """Serialise ``packet``; ``max_size`` (IP datagram bytes, default the client's option 57 or 576).
 
-    Raises ``DhcpEncodeError`` rather than truncating: a PXE ROM handed half a boot file name fails far
-    more confusingly than a server that logs "reply too large".
+    ``encoded_options`` is ``encode_options(packet.options)`` when the caller already has it (a server
+    reuses the encoded options it sends to every client alike). Raises ``DhcpEncodeError`` rather than
+    truncating: a PXE ROM handed half a boot file name fails far more confusingly than a server that logs
+    "reply too large".
     """
     limit = max_size if max_size is not None else (packet.client_max_size or DEFAULT_MAX_SIZE)
     if limit < DEFAULT_MAX_SIZE:
@@ -517,7 +525,9 @@ def encode(packet: DhcpPacket, max_size: int | None = None) -> bytes:
         )
     except struct.error as exc:
         raise DhcpEncodeError(f"header field out of range: {exc}") from exc
-    body = header + MAGIC_COOKIE + _encode_options(packet.options)
+    if encoded_options is None:
+        encoded_options = _encode_options(packet.options)
+    body = header + MAGIC_COOKIE + encoded_options
     if len(body) > limit - IP_UDP_OVERHEAD:
         raise DhcpEncodeError(
             f"message is {len(body)} bytes, over the {limit - IP_UDP_OVERHEAD}-byte limit of max_size {limit}"

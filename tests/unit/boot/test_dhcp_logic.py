@@ -326,3 +326,27 @@ def test_shared_reply_options_never_carry_one_clients_answer_into_anothers() -> 
     again = handle(packet(DHCPDISCOVER, bytes.fromhex("02000000000c"), options=wanted), store, config, T0)
     assert short is not None and short.options[51] == option_u32(600) and short.options[58] == option_u32(300)
     assert again is not None and again.options[51] == option_u32(3600)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {55: bytes([1, 3, 6, 15, 28, 42])},
+        {55: bytes([3, 1]), 51: option_u32(900)},
+        {55: bytes([1, 3]), 57: option_u16(576)},  # the smallest limit: the reply must still fit
+        {82: b"\x01\x02ab"},  # relayed: option 82 must come back last
+        {12: b"a-host", 61: b"\x01\x02\x00\x00\x00\x00\x0a"},
+    ],
+)
+def test_reply_bytes_are_the_encoding_of_the_reply(options: dict[int, bytes]) -> None:
+    """The server sends option blocks it encoded once; they must be byte for byte what encode() gives."""
+    store = store_for()
+    offered = decide(packet(DHCPDISCOVER, options=options), store, CONFIG, T0)
+    assert offered.reply is not None and offered.wire == encode(offered.reply)
+    request = {**options, 50: offered.reply.yiaddr.packed, 54: SERVER.packed}
+    acked = decide(packet(DHCPREQUEST, options=request), store, CONFIG, T0)
+    assert acked.reply is not None and acked.reply.message_type == DHCPACK
+    assert acked.wire == encode(acked.reply) and decode(acked.wire) == acked.reply
+    informed = decide(packet(DHCPINFORM, options=options, ciaddr=IP("10.9.0.77")), store, CONFIG, T0)
+    assert informed.reply is not None and informed.wire == encode(informed.reply)
