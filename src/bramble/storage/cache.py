@@ -151,6 +151,7 @@ class _Source:
     user: str
     client_conf: str
     virtual_size_bytes: int
+    rbd_id: str = ""  # the RBD image's own id: a re-upload under the same name gets a new one
 
     @classmethod
     def of(cls, image: StoredImage, rbd: RbdStorageDriver) -> _Source:
@@ -299,11 +300,36 @@ class ImageCache:
         """Start the image's cache owner (reading it from ``rbd``'s pool) unless it runs; returns the
         NBD URL to read the image through.
 
-        A cache file made for an earlier upload under the same id (another size) is dropped.
+        A cache file made for an earlier upload under the same id (another RBD image) is dropped.
         """
         if image.format == "iso":
             raise CacheError(f"image {image.image_id} is an ISO: it is attached as a CD-ROM, not cached")
         return await self._ensure(_Source.of(image, rbd))
+
+    @staticmethod
+    def _rbd_id(source: _Source, timeout: int = 15) -> str:
+        """The image's RBD id, read as the owner will read it (its conf and user). Worker thread."""
+        import rados
+        import rbd
+
+        options = {
+            "client_mount_timeout": str(timeout),
+            "rados_mon_op_timeout": str(timeout),
+            "rados_osd_op_timeout": str(timeout),
+            "log_to_stderr": "false",
+            "err_to_stderr": "false",
+        }
+        try:
+            with (
+                rados.Rados(conffile=source.client_conf, rados_id=source.user, conf=options) as cluster,
+                cluster.open_ioctx(source.pool) as ioctx,
+                rbd.Image(ioctx, source.rbd_image, snapshot=BASE_SNAPSHOT, read_only=True) as image,
+            ):
+                return str(image.id())
+        except (rados.Error, rbd.Error) as exc:
+            raise CacheError(
+                f"cannot open {source.pool}/{source.rbd_image}@{BASE_SNAPSHOT} for the cache: {exc}"
+            ) from None
 
     async def _ensure(self, source: _Source) -> str:
         image_id = source.image_id
@@ -312,6 +338,7 @@ class ImageCache:
             if self.owner_pid(image_id) is not None:
                 return self.export_url(image_id)
             directory.mkdir(parents=True, exist_ok=True)
+            source = dataclasses.replace(source, rbd_id=await asyncio.to_thread(self._rbd_id, source))
             record_path = directory / "image.json"
             record = dataclasses.asdict(source)
             cache_file = directory / "cache.qcow2"
@@ -319,7 +346,7 @@ class ImageCache:
                 old = json.loads(record_path.read_text())
             except (OSError, ValueError):
                 old = None
-            identity = ("pool", "rbd_image", "virtual_size_bytes")
+            identity = ("pool", "rbd_image", "rbd_id", "virtual_size_bytes")
             if old is None or any(old.get(key) != record[key] for key in identity):
                 cache_file.unlink(missing_ok=True)  # made for another image under this id
             if not cache_file.exists():

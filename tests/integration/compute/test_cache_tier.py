@@ -436,3 +436,29 @@ async def test_node_cache_hit_ratio_release_and_offline_drop(
         for made in (disk_id, other_disk):
             await cache.delete_overlay(made)
         await storage.delete_disk(disk_id)
+
+
+async def test_an_image_uploaded_again_under_its_id_gets_a_fresh_cache(
+    storage: RbdStorageDriver, cache: ImageCache, image: StoredImage, tmp_path: Path
+) -> None:
+    """The cache file belongs to one RBD image (its RBD id), not to a name: new data is never hidden."""
+    url = await cache.ensure_owner(image, storage)
+
+    def reads(pattern: str) -> bool:
+        check = subprocess.run(
+            ["qemu-io", "-f", "raw", "-r", "-c", f"read -P {pattern} 0 1M", url], capture_output=True, text=True
+        )
+        return check.returncode == 0 and "verification failed" not in check.stdout
+
+    assert reads("0x42")
+    assert await cache.stop_owner(image.image_id)
+    await storage.delete_image(image.image_id)
+    raw = tmp_path / "new.raw"
+    with open(raw, "wb") as f:
+        f.write(b"\x24" * (4 * MiB))
+        f.truncate(image.virtual_size_bytes)  # same size, other data
+    await storage.write_image(image.image_id, file_chunks(raw))
+    again = await storage.finalize_image(image.image_id)
+    assert again.virtual_size_bytes == image.virtual_size_bytes
+    await cache.ensure_owner(again, storage)
+    assert reads("0x24")
