@@ -261,8 +261,8 @@ class Agent:
                     return
                 if desired.disk_id and not await self._disk_present(desired):
                     raise ComputeError("its disk is missing")
-                await self._before_start(desired.spec)
-                runtime = await self.compute.start(await self._seeded(self._placed(desired.spec)))
+                cached = await self._before_start(self._placed(desired.spec))
+                runtime = await self.compute.start(await self._seeded(cached))
                 self._after_start(desired.spec)
                 runtime.extra["accel"] = self._placed(desired.spec).accel
                 runtime.reason = f"started by the agent: desired state is {want}"
@@ -346,9 +346,15 @@ class Agent:
             return True  # an overlay on this node's cache; its owner is started before QEMU
         return await self._storage_for(desired.disk_pool).disk_exists(desired.disk_id)
 
-    async def _before_start(self, spec: VmSpec) -> None:
-        if self.cache is not None:
-            await self.cache.before_start(spec)
+    async def _before_start(self, spec: VmSpec) -> VmSpec:
+        """The cache owner of a cached VM's image runs; its RBD volumes get write-through read caches."""
+        if self.cache is None:
+            return spec
+        await self.cache.before_start(spec)
+        try:
+            return await self.cache.with_volume_caches(spec)
+        except StorageError as exc:
+            raise ComputeError(f"cannot make the read caches of its volumes: {exc}") from exc
 
     def _after_start(self, spec: VmSpec) -> None:
         if self.cache is not None:
@@ -381,8 +387,8 @@ class Agent:
         placed = self._placed(spec)
         async with self._lock(spec.vm_id):
             await self._plug(placed)
-            await self._before_start(placed)
-            runtime = await self.compute.start(await self._seeded(placed))
+            cached = await self._before_start(placed)
+            runtime = await self.compute.start(await self._seeded(cached))
             self._after_start(placed)
         runtime.extra["accel"] = placed.accel
         self._restart_failures.pop(spec.vm_id, None)

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -100,6 +102,37 @@ class NodeCache:
 
     def after_stop(self, vm_id: str) -> None:
         self.tier.cancel_precache(vm_id)
+        for stale in self._volume_dir().glob(f"{vm_id}--*.qcow2"):
+            stale.unlink(missing_ok=True)  # QEMU may still hold it open while it stops: harmless
+
+    # ------------------------------------------------------------------ volumes (write-through)
+    def _volume_dir(self) -> Path:
+        return self.tier.cache_dir / "volumes"
+
+    async def with_volume_caches(self, spec: VmSpec) -> VmSpec:
+        """A cached VM's RBD volumes each get a fresh, empty local read cache (write-through).
+
+        Fresh at every start: another VM or node may have written the volume since. Volumes
+        hot-plugged into a running VM stay uncached until its next start.
+        """
+        if self.cached_image(spec) is None:
+            return spec
+        disks = list(spec.disks)
+        for index, disk in enumerate(disks[1:], start=1):
+            if not disk.path.startswith("rbd:") or disk.readonly or disk.media != "disk" or disk.format != "raw":
+                continue
+            self._volume_dir().mkdir(parents=True, exist_ok=True)
+            path = self._volume_dir() / f"{spec.vm_id}--{disk.node_name or f'disk{index}'}.qcow2"
+            size = await self._virtual_size(disk.path)
+            path.unlink(missing_ok=True)
+            await _run("qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size))
+            disks[index] = dataclasses.replace(disk, cache_path=str(path))
+        return dataclasses.replace(spec, disks=tuple(disks))
+
+    @staticmethod
+    async def _virtual_size(path: str) -> int:
+        info = json.loads(await _run("qemu-img", "info", "--output=json", "-f", "raw", path))
+        return int(info["virtual-size"])
 
     async def release_unused(self, running: list[VmSpec], *, grace: float = OWNER_GRACE_SECONDS) -> list[str]:
         """Stop the owners no running VM reads from (not those started in the last ``grace`` seconds,
@@ -153,18 +186,8 @@ class NodeCache:
 
     async def _commit_offline(self, overlay: Path, target: str) -> None:
         """Point the stopped VM's overlay at the clone (unsafe rebase: same bytes) and commit into it."""
-        for argv in (
-            ["qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", target, str(overlay)],
-            ["qemu-img", "commit", "-q", "-f", "qcow2", "-d", str(overlay)],
-        ):
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-            )
-            _, err = await proc.communicate()
-            if proc.returncode != 0:
-                raise CacheError(
-                    f"{' '.join(argv[:2])} of {overlay.name} failed: {err.decode(errors='replace').strip()}"
-                )
+        await _run("qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", target, str(overlay))
+        await _run("qemu-img", "commit", "-q", "-f", "qcow2", "-d", str(overlay))
 
     # ------------------------------------------------------------------ statistics
     async def stats(self, spec: VmSpec, running: list[VmSpec]) -> VmCacheStats | None:
@@ -199,3 +222,14 @@ class NodeCache:
             served_bytes=served,
             hit_ratio=ratio,
         )
+
+
+async def _run(*argv: str) -> str:
+    """Run a tool (qemu-img); its stderr becomes the CacheError's message."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise CacheError(f"{' '.join(argv[:2])} failed: {err.decode(errors='replace').strip()}")
+    return out.decode()

@@ -36,6 +36,9 @@ class DiskAttachment:
     # The hypervisor's name for the disk (volumes: stable, so a live detach can find it);
     # None: named by position.
     node_name: str | None = None
+    # RBD disks: a local qcow2 (made empty by the caller) that serves reads once they are cached;
+    # writes go to it and to Ceph, and complete only when both did (write-through).
+    cache_path: str | None = None
 
 
 @dataclass(frozen=True)

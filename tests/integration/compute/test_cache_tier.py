@@ -29,7 +29,7 @@ import pytest
 from tests.ceph_cluster import CephCluster
 
 from bramble.agent.cache import NodeCache
-from bramble.compute.driver import DiskAttachment, PowerState, VmSpec
+from bramble.compute.driver import ComputeError, DiskAttachment, PowerState, VmSpec
 from bramble.compute.qemu.driver import QemuDriver
 from bramble.storage.cache import CacheError, ImageCache
 from bramble.storage.driver import StoredImage
@@ -462,3 +462,82 @@ async def test_an_image_uploaded_again_under_its_id_gets_a_fresh_cache(
     assert again.virtual_size_bytes == image.virtual_size_bytes
     await cache.ensure_owner(again, storage)
     assert reads("0x24")
+
+
+def cached_ranges(path: str) -> list[tuple[int, int]]:
+    """(start, length) of the data a local qcow2 holds itself (not its backing)."""
+    out = subprocess.run(
+        ["qemu-img", "map", "-U", "--output=json", path], capture_output=True, text=True, check=True
+    ).stdout
+    return [(e["start"], e["length"]) for e in json.loads(out) if e["data"] and e["depth"] == 0]
+
+
+def holds(ranges: list[tuple[int, int]], offset: int, length: int) -> bool:
+    return any(start <= offset and offset + length <= start + size for start, size in ranges)
+
+
+async def test_a_cached_vms_rbd_volume_is_written_through_and_read_locally(
+    ceph: CephCluster,
+    storage: RbdStorageDriver,
+    cache: ImageCache,
+    image: StoredImage,
+    driver: QemuDriver,
+    guests: dict[str, Path],
+) -> None:
+    """quorum (fifo, vote-threshold 2) over [copy-on-read -> local qcow2 -> RBD read-only, RBD]:
+    the guest's writes are in Ceph when they complete; what it read is then served locally."""
+    import rados
+    import rbd
+
+    node = NodeCache(cache, driver)
+    vm_id = str(uuid.uuid4())
+    disk_id, volume_id = f"d-{vm_id[:8]}", f"vol-{vm_id[:8]}"
+    try:
+        volume = await storage.create_volume(volume_id, 64 * MiB)
+        with (
+            rados.Rados(conffile=str(ceph.conf), rados_id="admin") as cluster,
+            cluster.open_ioctx(ceph.pool) as ioctx,
+            rbd.Image(ioctx, f"disk-{volume_id}") as handle,
+        ):
+            handle.write(b"\x11" * MiB, 0)
+        root = await node.prepare_disk(disk_id, image, 128 * MiB, storage)
+        spec = spec_for(guests, vm_id, root.path)
+        spec = VmSpec(
+            **{**spec.__dict__, "disks": (*spec.disks, DiskAttachment(volume.path, "raw", node_name="vol-t"))}
+        )
+        await node.before_start(spec)
+        started = await node.with_volume_caches(spec)
+        local = started.disks[1].cache_path
+        assert local is not None and Path(local).exists() and cached_ranges(local) == []
+        assert (await driver.start(started)).state == PowerState.RUNNING
+        await wait_until(lambda: MARKER in console(driver, vm_id), 240, "the marker")
+        assert "vdb" in console(driver, vm_id)
+
+        async def io(command: str) -> None:
+            error = await qmp(
+                driver,
+                vm_id,
+                "human-monitor-command",
+                {"command-line": f'qemu-io -d vol-t-dev/virtio-backend "{command}"'},
+            )
+            assert not error, error
+
+        await io("read -P 0x11 0 1M")
+        await io("flush")  # qcow2 keeps its allocation tables in memory until a flush
+        assert holds(cached_ranges(local), 0, MiB)  # read once from Ceph, now local
+        await io("write -P 0x22 2M 1M")
+        await io("flush")
+        assert admin_read(ceph, f"disk-{volume_id}", 2 * MiB, MiB) == b"\x22" * MiB  # in Ceph: write-through
+        assert holds(cached_ranges(local), 2 * MiB, MiB)  # and served locally from now on
+        await io("read -P 0x22 2M 1M")
+        with pytest.raises(ComputeError, match="does not support resize"):  # quorum cannot grow: a clear refusal
+            await driver.grow_disk(vm_id, "vol-t", 128 * MiB)
+
+        await driver.stop(vm_id, force=True)
+        node.after_stop(vm_id)
+        assert not Path(local).exists()
+    finally:
+        await driver.stop(vm_id, force=True)
+        node.after_stop(vm_id)
+        await cache.delete_overlay(disk_id)
+        await storage.delete_disk(volume_id)

@@ -158,7 +158,33 @@ def disk_blockdev(disk: DiskAttachment, node: str) -> dict[str, object]:
             raise ValueError(f"disk {disk.path}: an RBD snapshot can only be attached read-only")
     else:
         protocol = {"driver": "file", "filename": disk.path, "read-only": readonly}
+    if disk.cache_path is not None:
+        return _write_through_cache(disk, node, protocol)
     return {"driver": fmt, "node-name": node, "read-only": readonly, "file": protocol}
+
+
+def _write_through_cache(disk: DiskAttachment, node: str, rbd: dict[str, object]) -> dict[str, object]:
+    """An RBD disk behind a local read cache: a ``quorum`` node, ``read-pattern: fifo`` (reads from
+    the first child that answers: the local one) and ``vote-threshold: 2`` (a write completes only
+    once both children have it, so nothing acknowledged is on this node only).
+
+    The local child is copy-on-read over a qcow2 whose backing is the same RBD image opened
+    read-only: a miss is read from Ceph and kept. The qcow2 must be empty when QEMU opens it
+    (the caller makes it fresh for every start), since another node may have written the image.
+    """
+    if not disk.path.startswith(RBD_PREFIX) or disk.readonly or disk.media != "disk" or disk.format != "raw":
+        raise ValueError(f"disk {disk.path}: only a writable raw RBD disk can have a write-through cache")
+    remote = {"driver": "raw", "file": rbd}
+    backing = {"driver": "raw", "read-only": True, "file": {**rbd, "read-only": True}}
+    local_file = {"driver": "file", "filename": disk.cache_path}
+    local = {"driver": "copy-on-read", "file": {"driver": "qcow2", "file": local_file, "backing": backing}}
+    return {
+        "driver": "quorum",
+        "node-name": node,
+        "read-pattern": "fifo",
+        "vote-threshold": 2,
+        "children": [local, remote],
+    }
 
 
 def _disk_args(spec: VmSpec, profile: ArchProfile) -> list[str]:
