@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,6 +29,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_vnc_display() -> int:
+    """A display whose port is free: other guests on this host (other test runs) may hold 5900 and up."""
+    for _ in range(100):
+        display = random.randint(100, 4000)
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", 5900 + display)) != 0:
+                return display
+    raise AssertionError("no free VNC port found")
 
 
 @dataclass
@@ -106,7 +117,7 @@ def daemon(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Daemon]:
     config.write_text(
         f'state_dir = "{state}"\nnode_name = "e2e-node"\n'
         f"[api]\nport = {port}\n"
-        '[compute]\naccel = "tcg"\nstop_timeout_seconds = 10\n'
+        f'[compute]\naccel = "tcg"\nstop_timeout_seconds = 10\nvnc_first_display = {free_vnc_display()}\n'
         "[agent]\nreconcile_interval_seconds = 2\n"
     )
     d = Daemon(state_dir=state, port=port, config=config, log=tmp_path / "brambled.log")

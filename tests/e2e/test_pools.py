@@ -5,8 +5,6 @@ Ceph cluster) beside the local default pool; a real TCG guest boots from a VM di
 from __future__ import annotations
 
 import json
-import random
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,22 +14,12 @@ from typing import Any
 import pytest
 
 from tests.ceph_cluster import CephCluster
-from tests.e2e.conftest import Daemon, free_port, kill_qemus, wait_marker
+from tests.e2e.conftest import Daemon, free_port, free_vnc_display, kill_qemus, wait_marker
 from tests.integration.storage.test_pools_rbd import ceph_pool, rbd_images
 
 pytestmark = pytest.mark.qemu
 __all__ = ["ceph_pool"]  # the fixture, imported so pytest finds it here
 BRAMBLE = [str(Path(sys.executable).parent / "bramble")]
-
-
-def free_vnc_display() -> int:
-    """A display whose port is free: other engineers' guests on this host may hold 5900 and up."""
-    for _ in range(100):
-        display = random.randint(100, 4000)
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", 5900 + display)) != 0:
-                return display
-    raise AssertionError("no free VNC port found")
 
 
 @pytest.fixture
