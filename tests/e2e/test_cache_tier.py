@@ -75,12 +75,12 @@ def cached_daemon(tmp_path: Path, ceph: CephCluster, guests: dict[str, Path]) ->
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-def create_vm(api: httpx.Client, name: str, **extra: object) -> dict:
+def create_vm(api: httpx.Client, name: str, log: Path, **extra: object) -> dict:
     body = {"name": name, "image": "guest", "cpus": 1, "memory_mib": 128, "disk_gib": 1, **extra}
     response = api.post("/v1/vms", json=body)
     assert response.status_code == 202, response.text
     op = wait_operation(api, response.json()["operation"]["id"], deadline=240)
-    assert op["status"] == "succeeded", op
+    assert op["status"] == "succeeded", f"{op.get('error')}\n--- brambled log:\n{log.read_text()[-4000:]}"
     return dict(api.get(f"/v1/vms/{name}").json())
 
 
@@ -100,7 +100,7 @@ def test_cached_vms_through_brambled(
             )
         assert api.post(f"/v1/images/{image_id}/activate").status_code == 200
 
-        a = create_vm(api, "a")  # the configured default: cached
+        a = create_vm(api, "a", daemon.log)  # the configured default: cached
         assert a["cache"] == "on"
         wait_marker(api, "a", deadline=300)
         overlay = cache_dir / "overlays" / f"{a['id']}.qcow2"
@@ -110,14 +110,14 @@ def test_cached_vms_through_brambled(
         shown = wait_for(lambda: api.get("/v1/vms/a").json()["cache_stats"], 60, "cache figures of a")
         assert shown["image_id"] == image_id and shown["cache_bytes"] > 0
 
-        b = create_vm(api, "b", cache=False)
+        b = create_vm(api, "b", daemon.log, cache=False)
         assert b["cache"] == "off" and f"disk-{b['id']}" in rbd_names(ceph)
 
         # drop: the running guest moves onto an RBD clone and keeps going
         response = api.post("/v1/vms/a/cache/drop")
         assert response.status_code == 202, response.text
         op = wait_operation(api, response.json()["operation"]["id"], deadline=240)
-        assert op["status"] == "succeeded", op
+        assert op["status"] == "succeeded", f"{op.get('error')}\n--- brambled log:\n{daemon.log.read_text()[-4000:]}"
         after = api.get("/v1/vms/a").json()
         assert after["cache"] == "off" and after["state"] == "running" and after["cache_stats"] is None
         assert f"disk-{a['id']}" in rbd_names(ceph) and not overlay.exists()
@@ -128,7 +128,7 @@ def test_cached_vms_through_brambled(
         wait_marker(api, "a", deadline=300, count=2)
 
         # a cached VM deleted: its overlay (its writes) goes, nothing was in Ceph
-        c = create_vm(api, "c", start=False)
+        c = create_vm(api, "c", daemon.log, start=False)
         assert c["cache"] == "on" and (cache_dir / "overlays" / f"{c['id']}.qcow2").exists()
         deleted = api.delete("/v1/vms/c")
         assert wait_operation(api, deleted.json()["operation"]["id"])["status"] == "succeeded"

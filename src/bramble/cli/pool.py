@@ -35,6 +35,14 @@ def _percent(part: int | None, whole: int | None) -> str:
     return f" ({100 * part / whole:.1f}%)" if part is not None and whole else ""
 
 
+def _cache(pool: dict[str, Any]) -> str:
+    """The pool's cache-tier default for new VMs, with its pre-cache amount."""
+    if pool.get("cache", "off") != "on":
+        return "off"
+    precache = pool.get("precache_gib") or 0
+    return f"on, pre-cache {precache:g} GiB" if precache else "on"
+
+
 def render(pool: dict[str, Any]) -> None:
     usage = pool.get("usage") or {}
     rows: list[tuple[str, Any]] = [
@@ -44,6 +52,7 @@ def render(pool: dict[str, Any]) -> None:
         ("where", _where(pool)),
         ("keyring", pool.get("ceph_keyring")),
         ("timeout", f"{pool['timeout_seconds']} s" if pool["driver"] == "rbd" else None),
+        ("cache", _cache(pool) if pool["driver"] == "rbd" else None),
     ]
     if usage:
         used, capacity = usage["used_bytes"], usage.get("capacity_bytes")
@@ -66,7 +75,7 @@ def render(pool: dict[str, Any]) -> None:
             label = {"vms": "VM disks"}.get(kind, kind)
             rows.append((label, f"{len(names)}" + (f": {', '.join(names[:8])}" if names else "")))
     rows.append(("created", pool["created_at"]))
-    optional = {"keyring", "timeout", "available", "raw used", "quota"}  # shown only when they apply
+    optional = {"keyring", "timeout", "cache", "available", "raw used", "quota"}  # shown only when they apply
     panel(f"pool {pool['name']}", [(key, value) for key, value in rows if value is not None or key not in optional])
 
 
@@ -91,6 +100,14 @@ def create(
     timeout: Annotated[
         int, typer.Option("--timeout", help="rbd: seconds before an unreachable cluster fails a request.", min=1)
     ] = 15,
+    cache: Annotated[
+        str | None,
+        typer.Option("--cache", help="rbd: on: new VMs' disks on the node cache tier by default.", metavar="on|off"),
+    ] = None,
+    precache_gib: Annotated[
+        float | None,
+        typer.Option("--precache-gib", help="rbd: GiB of the image read into the cache when a VM starts.", min=0),
+    ] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Create a pool; the server connects with these settings first and refuses what does not work."""
@@ -104,6 +121,12 @@ def create(
     for key, text in (("ceph_pool", ceph_pool), ("ceph_user", user)):
         if text is not None:
             request[key] = text
+    if cache is not None:
+        if cache not in ("on", "off"):
+            raise CliError(f"--cache must be on or off, got {cache!r}")
+        request["cache"] = cache
+    if precache_gib is not None:
+        request["precache_gib"] = precache_gib
     data = client_from(ctx).post("/v1/pools", request, slow=True)
     emit(data, json_out, lambda: render(data))
 

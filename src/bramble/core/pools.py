@@ -46,6 +46,8 @@ class PoolRequest:
     ceph_user: str | None = None
     ceph_keyring: str | None = None
     timeout_seconds: int = 15
+    cache: str = "off"  # rbd: new VMs on the node cache tier by default
+    precache_gib: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ def default_pool_spec(settings: Settings) -> PoolSpec:
         ceph_user=storage.ceph_user,
         ceph_keyring=str(storage.ceph_keyring) if storage.ceph_keyring else None,
         timeout_seconds=storage.ceph_timeout_seconds,
+        cache=storage.cache,
+        precache_gib=storage.precache_gib,
     )
 
 
@@ -86,6 +90,8 @@ def pool_spec(row: StoragePoolRow) -> PoolSpec:
         ceph_user=row.ceph_user,
         ceph_keyring=row.ceph_keyring,
         timeout_seconds=row.timeout_seconds,
+        cache=row.cache,
+        precache_gib=row.precache_gib,
     )
 
 
@@ -100,6 +106,8 @@ def pool_summary(row: StoragePoolRow) -> dict[str, Any]:
         "ceph_keyring": row.ceph_keyring,
         "timeout_seconds": row.timeout_seconds,
         "is_default": row.is_default,
+        "cache": row.cache,
+        "precache_gib": row.precache_gib,
     }
 
 
@@ -185,6 +193,7 @@ class PoolService:
             row.driver, row.path = spec.driver, spec.path
             row.ceph_conf, row.ceph_pool, row.ceph_user = spec.ceph_conf, spec.ceph_pool, spec.ceph_user
             row.ceph_keyring, row.timeout_seconds = spec.ceph_keyring, spec.timeout_seconds
+            row.cache, row.precache_gib = spec.cache, spec.precache_gib
             row.is_default = True
             for other in await session.scalars(select(StoragePoolRow).where(StoragePoolRow.is_default)):
                 if other is not row:
@@ -220,6 +229,14 @@ class PoolService:
                 raise Invalid(f"--{', --'.join(given)} apply to rbd pools only, not {req.driver}")
         if req.driver != "local" and req.path is not None:
             raise Invalid(f"--path applies to local pools only, not {req.driver}")
+        if req.cache not in ("off", "on"):
+            raise Invalid(f"--cache must be on or off, got {req.cache!r}")
+        if req.driver != "rbd" and (req.cache == "on" or req.precache_gib):
+            raise Invalid(
+                f"--cache and --precache-gib apply to rbd pools only (the cache tier fronts RBD), not {req.driver}"
+            )
+        if not 0 <= req.precache_gib <= 65536:
+            raise Invalid(f"--precache-gib must be 0 to 65536, got {req.precache_gib:g}")
         for key, value in (("path", req.path), ("ceph-conf", req.ceph_conf), ("keyring", req.ceph_keyring)):
             if value is not None and (not PurePosixPath(value).is_absolute() or "\n" in value):
                 raise Invalid(f"--{key} must be an absolute path on the nodes, got {value!r}")
@@ -241,6 +258,8 @@ class PoolService:
             ceph_user=(req.ceph_user or "bramble") if req.driver == "rbd" else None,
             ceph_keyring=req.ceph_keyring,
             timeout_seconds=req.timeout_seconds,
+            cache=req.cache,
+            precache_gib=req.precache_gib,
         )
 
     async def _refuse_duplicate(self, session: AsyncSession, spec: PoolSpec) -> None:
@@ -275,6 +294,8 @@ class PoolService:
             ceph_user=spec.ceph_user,
             ceph_keyring=spec.ceph_keyring,
             timeout_seconds=spec.timeout_seconds,
+            cache=spec.cache,
+            precache_gib=spec.precache_gib,
             is_default=False,
             created_at=utcnow(),
         )

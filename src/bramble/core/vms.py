@@ -48,6 +48,7 @@ from bramble.db.models import (
     NodeRow,
     OperationRow,
     SecurityGroupRow,
+    StoragePoolRow,
     VmRow,
     VolumeRow,
     utcnow,
@@ -199,7 +200,7 @@ class VmService:
             await op.progress(10, "creating disk")
             pool = await spec_of(self.deps, row.pool)
             if row.cache == "on":
-                precache = int(self.deps.settings.storage.precache_gib * GIB)
+                precache = int(pool.precache_gib * GIB)
                 stored = stored_image(image)
                 disk = await gateway.prepare_cached_disk(row.id, stored, row.disk_gib * GIB, pool, precache)
             else:
@@ -240,7 +241,7 @@ class VmService:
         if image.status != "active":
             raise Conflict(f"image {image.name!r} is {image.status}, not active")
         check_same_pool(image, pool_spec(image_pool), pool_spec(disk_pool))
-        cache = self._cache_choice(req, image, disk_pool.driver, disk_pool.name)
+        cache = self._cache_choice(req, image, disk_pool)
         cpus = req.cpus or (flavor.cpus if flavor else None)
         memory = req.memory_mib or (flavor.memory_mib if flavor else None)
         disk = req.disk_gib or (flavor.disk_gib if flavor else None)
@@ -300,13 +301,14 @@ class VmService:
             raise Conflict(f"a VM named {req.name!r} already exists") from None
         return row, image
 
-    def _cache_choice(self, req: VmRequest, image: ImageRow, driver: str, pool: str) -> bool:
-        """Whether the VM's disk goes on the node cache tier: asked for, else the configured default
-        where it can apply (an RBD pool, a disk image). Asked for where it cannot: a 422."""
+    def _cache_choice(self, req: VmRequest, image: ImageRow, pool: StoragePoolRow) -> bool:
+        """Whether the VM's disk goes on the node cache tier: asked for, else the pool's default where
+        it can apply (an RBD pool, a disk image). Asked for where it cannot: a 422."""
+        driver = pool.driver
         if req.cache is None:
-            return self.deps.settings.storage.cache == "on" and driver == "rbd" and image.format != "iso"
+            return pool.cache == "on" and driver == "rbd" and image.format != "iso"
         if req.cache and driver != "rbd":
-            raise Invalid(f"the cache tier fronts RBD images; pool {pool!r} uses the {driver} driver")
+            raise Invalid(f"the cache tier fronts RBD images; pool {pool.name!r} uses the {driver} driver")
         if req.cache and image.format == "iso":
             raise Invalid(f"image {image.name!r} is an ISO (attached as a CD-ROM): there is no disk to cache")
         return req.cache

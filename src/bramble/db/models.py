@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -87,6 +88,8 @@ class StoragePoolRow(Base):
     ceph_keyring: Mapped[str | None] = mapped_column(Text)
     timeout_seconds: Mapped[int] = mapped_column(Integer, default=15)
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    cache: Mapped[str] = mapped_column(String(8), default="off", server_default="off")  # rbd: VMs' default
+    precache_gib: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

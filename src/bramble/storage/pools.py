@@ -32,6 +32,9 @@ class PoolSpec:
     ceph_user: str | None = None  # without "client."
     ceph_keyring: str | None = None
     timeout_seconds: int = 15
+    # rbd: new VMs' disks as local overlays on the node cache tier unless `vm create` says otherwise
+    cache: str = "off"  # off | on
+    precache_gib: float = 0.0  # read the first N GiB of the image into the cache when a cached VM starts
 
 
 class StoragePools(Protocol):

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bramble.core.pools import default_pool_spec
 from bramble.daemon import Services, build_services
 from bramble.storage.driver import StoredDisk, StoredImage
 from tests.conftest import fake_settings
@@ -41,7 +42,7 @@ async def test_a_vm_without_the_cache_shows_it_off_and_drop_is_refused(api: http
 
 
 async def test_the_configured_default_applies_only_where_it_can(tmp_path: Path) -> None:
-    """`[storage] cache = "on"` with a pool that is not RBD: VMs are made, uncached."""
+    """`[storage] cache = "on"` with a default pool that is not RBD: VMs are made, uncached."""
     services = await build_services(
         fake_settings(tmp_path / "state", storage={"driver": "fake", "cache": "on", "precache_gib": 1})
     )
@@ -97,7 +98,7 @@ async def test_a_cached_vm_is_recorded_shown_and_dropped(
     node = _FakeCachedAgent()
     for name in ("prepare_cached_disk", "drop_cache", "cache_stats"):
         monkeypatch.setattr(agent, name, getattr(node, name))
-    monkeypatch.setattr(services.cloud.vms, "_cache_choice", lambda req, image, driver, pool: True)
+    monkeypatch.setattr(services.cloud.vms, "_cache_choice", lambda req, image, pool: True)
     await make_image(api)
     vm = await make_vm(api, "cached")
     assert vm["cache"] == "on"
@@ -114,3 +115,22 @@ async def test_a_cached_vm_is_recorded_shown_and_dropped(
     events = (await api.get("/v1/events", params={"target": "vm/cached"})).json()
     drop = [e for e in events if e["action"] == "vm.cache_drop"]
     assert drop and drop[-1]["outcome"] == "ok" and drop[-1]["after"]["cache"] == "off"
+
+
+def test_the_default_pool_takes_its_cache_settings_from_storage(tmp_path: Path) -> None:
+    rbd = fake_settings(tmp_path, storage={"driver": "rbd", "cache": "on", "precache_gib": 2})
+    spec = default_pool_spec(rbd)
+    assert (spec.cache, spec.precache_gib) == ("on", 2)
+    local = default_pool_spec(fake_settings(tmp_path, storage={"driver": "local", "cache": "on"}))
+    assert local.cache == "off"  # the cache tier fronts RBD only
+
+
+async def test_pool_cache_settings_apply_to_rbd_pools_only(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    body = {"name": "fast", "driver": "local", "path": str(tmp_path / "fast"), "cache": "on"}
+    refused = await api.post("/v1/pools", json=body)
+    assert refused.status_code == 422 and "rbd pools only" in refused.json()["error"]["message"]
+    bad = await api.post("/v1/pools", json={**body, "cache": "maybe"})
+    assert bad.status_code == 422 and "on or off" in bad.json()["error"]["message"]
+    assert (await api.get("/v1/pools/fast")).status_code == 404
+    default = (await api.get("/v1/pools/default")).json()
+    assert default["cache"] == "off" and default["precache_gib"] == 0

@@ -69,3 +69,31 @@ def test_cache_drop_of_an_uncached_vm_is_one_line(fake_api, cli, error_line) -> 
         409, "conflict", "VM 'web' has no cached disk (its disk is in its pool already)"
     )
     assert "no cached disk" in error_line(cli("vm", "cache", "drop", "web"))
+
+
+def test_pool_create_sends_the_cache_settings(fake_api, cli, error_line) -> None:
+    sent: list[dict] = []
+
+    def create(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(
+            201,
+            json={
+                **sent[-1],
+                "id": "p1",
+                "is_default": False,
+                "created_at": "2026-11-21T00:00:00Z",
+                "timeout_seconds": 15,
+                "ceph_user": "bramble",
+                "ceph_keyring": None,
+                "path": None,
+            },
+        )
+
+    fake_api.hooks[r"POST /v1/pools"] = create
+    args = ("pool", "create", "fast", "-d", "rbd", "--ceph-conf", "/etc/ceph/ceph.conf", "--ceph-pool", "vms")
+    result = cli(*args, "--cache", "on", "--precache-gib", "2")
+    assert result.exit_code == 0, result.output
+    assert sent[-1]["cache"] == "on" and sent[-1]["precache_gib"] == 2
+    assert "on, pre-cache 2 GiB" in result.stdout
+    assert "--cache must be on or off" in error_line(cli(*args, "--cache", "yes"))

@@ -29,6 +29,8 @@ class PoolCreate(BaseModel):
         default=None, max_length=4096, description="rbd: keyring path (default: the conf's)"
     )
     timeout_seconds: int = Field(default=15, ge=1, le=3600, description="rbd: an unreachable cluster fails after this")
+    cache: str = Field(default="off", description="rbd: on: new VMs' disks go on the node cache tier by default")
+    precache_gib: float = Field(default=0.0, ge=0, le=65536, description="rbd: GiB of the image read when a VM starts")
 
 
 class PoolUsageOut(BaseModel):
@@ -51,6 +53,8 @@ class Pool(BaseModel):
     ceph_user: str | None = None
     ceph_keyring: str | None = None
     timeout_seconds: int
+    cache: str = "off"
+    precache_gib: float = 0.0
     created_at: datetime
     # pool show only
     usage: PoolUsageOut | None = None
@@ -72,6 +76,8 @@ def _pool(row: StoragePoolRow) -> Pool:
         ceph_user=row.ceph_user,
         ceph_keyring=row.ceph_keyring,
         timeout_seconds=row.timeout_seconds,
+        cache=row.cache,
+        precache_gib=row.precache_gib,
         created_at=row.created_at,
     )
 
