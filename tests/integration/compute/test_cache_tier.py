@@ -541,3 +541,83 @@ async def test_a_cached_vms_rbd_volume_is_written_through_and_read_locally(
         node.after_stop(vm_id)
         await cache.delete_overlay(disk_id)
         await storage.delete_disk(volume_id)
+
+
+def _write_after_blocklist(ceph: CephCluster, node: dict[str, Any], volume: str) -> tuple[str, bytes]:
+    """Open ``node`` in qemu-io, write once, blocklist its Ceph clients, write again: (output, Ceph's bytes)."""
+    import rados
+    import rbd
+
+    proc = subprocess.Popen(
+        ["qemu-io", "json:" + json.dumps(node)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdin is not None
+    blocklisted: list[str] = []
+    try:
+        proc.stdin.write("write -P 0x22 0 1M\nflush\n")
+        proc.stdin.flush()
+        with rados.Rados(conffile=str(ceph.conf), rados_id="admin") as cluster:
+            with cluster.open_ioctx(ceph.pool) as ioctx:
+
+                def written() -> bool:
+                    with rbd.Image(ioctx, volume, read_only=True) as image:
+                        return bytes(image.read(0, 4)) == b"\x22" * 4
+
+                end = time.monotonic() + 30
+                while not written():
+                    assert time.monotonic() < end, "the first write never reached Ceph"
+                    time.sleep(0.05)
+                with rbd.Image(ioctx, volume, read_only=True) as image:
+                    addresses = [w["addr"] for w in image.watchers_list()]
+            for address in addresses:  # Ceph now refuses this process: its writes fail
+                command = {"prefix": "osd blocklist", "blocklistop": "add", "addr": address}
+                assert cluster.mon_command(json.dumps(command), b"")[0] == 0
+                blocklisted.append(address)
+            out, _ = proc.communicate("write -P 0x33 2M 1M\nflush\nquit\n", timeout=60)
+            with cluster.open_ioctx(ceph.pool) as ioctx, rbd.Image(ioctx, volume, read_only=True) as image:
+                in_ceph = bytes(image.read(2 * MiB, 4))
+            for address in blocklisted:
+                cluster.mon_command(json.dumps({"prefix": "osd blocklist", "blocklistop": "rm", "addr": address}), b"")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out, in_ceph
+
+
+async def test_a_write_ceph_refuses_fails_through_the_write_through_cache(
+    ceph: CephCluster, storage: RbdStorageDriver, tmp_path: Path
+) -> None:
+    """vote-threshold 2: a write Ceph refuses (the client blocklisted) fails for the guest, although
+    the local child took it. With a threshold of 1 the same write would be reported done while
+    Ceph lacks it: why the graph uses 2."""
+    from bramble.compute.qemu.cmdline import disk_blockdev
+
+    results: dict[int, tuple[str, bytes]] = {}
+    made: list[str] = []
+    try:
+        for threshold in (2, 1):
+            volume_id = f"wt{threshold}-{uuid.uuid4().hex[:6]}"
+            volume = await storage.create_volume(volume_id, 64 * MiB)
+            made.append(volume_id)
+            local = tmp_path / f"{volume_id}.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(local), str(64 * MiB)], check=True)
+            node: dict[str, Any] = disk_blockdev(
+                DiskAttachment(volume.path, "raw", node_name="v", cache_path=str(local)), "v"
+            )
+            assert node["vote-threshold"] == 2
+            node["vote-threshold"] = threshold
+            results[threshold] = await asyncio.to_thread(_write_after_blocklist, ceph, node, f"disk-{volume_id}")
+    finally:
+        for volume_id in made:
+            await storage.delete_disk(volume_id)
+    out, in_ceph = results[2]
+    assert "write failed" in out, out  # the guest is told
+    assert in_ceph == bytes(4)
+    out, in_ceph = results[1]
+    assert "wrote 1048576/1048576 bytes at offset 2097152" in out, out  # threshold 1: "done" ...
+    assert in_ceph == bytes(4)  # ... yet not in Ceph
