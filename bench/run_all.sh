@@ -25,6 +25,8 @@ run bench/api_create.py --rounds 1 -n 500 -c 8
 run bench/vm_boot.py --rounds 5 --multi-rounds 1 --vms 20
 run bench/tftp_throughput.py --rounds 3
 run bench/rbd_clone.py --rounds 7
+run bench/cache_read.py --rounds 3
+run bench/cache_boot.py --vms 4
 run bench/http_boot.py
 run bench/dhcp_rate.py
 run bench/netboot.py --rounds 3 --modes bios-http,uefi-http
