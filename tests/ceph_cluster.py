@@ -314,10 +314,38 @@ keyring = {self.admin_keyring}
                 os.kill(proc.pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
-        """Let every daemon run again (harmless if none is frozen)."""
+        """Let every daemon run again (harmless if none is frozen), and wait until the pool serves I/O.
+
+        A thawed OSD can take seconds to answer again on a busy host; the next test must not start
+        against a cluster that is still catching up.
+        """
         for proc in self.processes.values():
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGCONT)
+        self.wait_serving()
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        """Write and remove a probe object in the pool as the admin, retrying until ``timeout``."""
+        import rados
+
+        end = time.monotonic() + timeout
+        admin = rados.Rados(conffile=str(self.conf), name="client.admin")
+        admin.conf_set("rados_mon_op_timeout", "5")
+        admin.conf_set("rados_osd_op_timeout", "5")
+        try:
+            self._connect(admin, end)
+            while True:
+                try:
+                    with admin.open_ioctx(self.pool) as ioctx:
+                        ioctx.write_full("bramble-test-probe", b"x")
+                        ioctx.remove_object("bramble-test-probe")
+                    return
+                except rados.Error as exc:
+                    if time.monotonic() > end:
+                        raise CephStartError(f"no I/O within {timeout:.0f} s of a thaw: {exc}") from exc
+                    time.sleep(0.2)
+        finally:
+            admin.shutdown()
 
     @contextlib.contextmanager
     def frozen(self, *names: str) -> Iterator[None]:
