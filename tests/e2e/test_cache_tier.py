@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.ceph_cluster import CephCluster
-from tests.e2e.conftest import Daemon, free_port, kill_qemus, wait_marker, wait_operation
+from tests.e2e.conftest import Daemon, free_port, free_vnc_display, kill_qemus, wait_marker, wait_operation
 from tests.qemu_helpers import wait_for
 
 pytestmark = pytest.mark.qemu
@@ -55,7 +55,7 @@ def cached_daemon(tmp_path: Path, ceph: CephCluster, guests: dict[str, Path]) ->
     config.write_text(
         f'state_dir = "{state}"\nnode_name = "e2e-node"\n'
         f"[api]\nport = {port}\n"
-        '[compute]\naccel = "tcg"\nstop_timeout_seconds = 10\n'
+        f'[compute]\naccel = "tcg"\nstop_timeout_seconds = 10\nvnc_first_display = {free_vnc_display()}\n'
         "[agent]\nreconcile_interval_seconds = 2\n"
         f'[storage]\ndriver = "rbd"\nceph_conf = "{ceph.conf}"\nceph_pool = "{ceph.pool}"\n'
         f'ceph_user = "{ceph.user}"\nceph_keyring = "{ceph.user_keyring}"\n'
