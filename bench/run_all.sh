@@ -29,6 +29,10 @@ run bench/cache_read.py --rounds 3
 run bench/cache_boot.py --vms 4
 run bench/http_boot.py
 run bench/dhcp_rate.py
+run bench/dhcp_instructions.py --exchanges 300 --rate 20
+run bench/secgroup_apply.py
+run bench/ipam_alloc.py
+run bench/pool_usage.py
 run bench/netboot.py --rounds 3 --modes bios-http,uefi-http
 echo
 echo "all benchmarks done in $SECONDS s"
