@@ -108,8 +108,11 @@ def kill_qemus(state_dir: Path) -> None:
     wait_for(lambda: not qemu_pids(state_dir), 20, "QEMU processes to exit")
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Daemon]:
+@contextlib.contextmanager
+def running_daemon(tmp_path: Path, extra_config: str = "") -> Iterator[Daemon]:
+    """brambled with TCG, a free API port and VNC displays away from other guests on the host;
+    ``extra_config`` is appended to its TOML (e.g. a ``[storage]`` section). Stopped, with every
+    QEMU it started, on exit."""
     state = tmp_path / "state"
     state.mkdir()
     port = free_port()
@@ -118,7 +121,7 @@ def daemon(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Daemon]:
         f'state_dir = "{state}"\nnode_name = "e2e-node"\n'
         f"[api]\nport = {port}\n"
         f'[compute]\naccel = "tcg"\nstop_timeout_seconds = 10\nvnc_first_display = {free_vnc_display()}\n'
-        "[agent]\nreconcile_interval_seconds = 2\n"
+        "[agent]\nreconcile_interval_seconds = 2\n" + extra_config
     )
     d = Daemon(state_dir=state, port=port, config=config, log=tmp_path / "brambled.log")
     try:
@@ -127,6 +130,12 @@ def daemon(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Daemon]:
     finally:
         d.stop()
         kill_qemus(state)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Daemon]:
+    with running_daemon(tmp_path) as d:
+        yield d
 
 
 def import_guest(d: Daemon, name: str, guest: Path, arch: str) -> None:

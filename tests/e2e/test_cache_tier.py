@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.ceph_cluster import CephCluster
-from tests.e2e.conftest import Daemon, free_port, free_vnc_display, kill_qemus, wait_marker, wait_operation
+from tests.e2e.conftest import Daemon, running_daemon, wait_marker, wait_operation
 from tests.qemu_helpers import wait_for
 
 pytestmark = pytest.mark.qemu
@@ -47,27 +47,16 @@ def rbd_names(ceph: CephCluster) -> set[str]:
 
 @pytest.fixture
 def cached_daemon(tmp_path: Path, ceph: CephCluster, guests: dict[str, Path]) -> Iterator[tuple[Daemon, Path]]:
-    state = tmp_path / "state"
-    state.mkdir()
     cache_dir = Path(tempfile.mkdtemp(prefix="brc-", dir="/tmp"))  # short: unix sockets live in it
-    port = free_port()
-    config = tmp_path / "brambled.toml"
-    config.write_text(
-        f'state_dir = "{state}"\nnode_name = "e2e-node"\n'
-        f"[api]\nport = {port}\n"
-        f'[compute]\naccel = "tcg"\nstop_timeout_seconds = 10\nvnc_first_display = {free_vnc_display()}\n'
-        "[agent]\nreconcile_interval_seconds = 2\n"
+    storage = (
         f'[storage]\ndriver = "rbd"\nceph_conf = "{ceph.conf}"\nceph_pool = "{ceph.pool}"\n'
         f'ceph_user = "{ceph.user}"\nceph_keyring = "{ceph.user_keyring}"\n'
         f'cache = "on"\ncache_dir = "{cache_dir}"\nprecache_gib = 0.03\n'
     )
-    d = Daemon(state_dir=state, port=port, config=config, log=tmp_path / "brambled.log")
     try:
-        d.start()
-        yield d, cache_dir
+        with running_daemon(tmp_path, storage) as d:
+            yield d, cache_dir
     finally:
-        d.stop()
-        kill_qemus(state)
         for pid in storage_daemons(str(cache_dir)):  # the owners outlive the daemon, like QEMU
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

@@ -62,7 +62,8 @@ def test_user_session(daemon: Daemon, guests: dict[str, Path]) -> None:
     listed = json.loads(run(daemon, "vm", "list", "--json").stdout)
     assert [vm["name"] for vm in listed] == ["v1"]
     human = run(daemon, "vm", "show", "v1").stdout
-    assert "running" in human and "127.0.0.1:59" in human
+    shown = json.loads(run(daemon, "vm", "show", "v1", "--json").stdout)
+    assert "running" in human and shown["vnc"].startswith("127.0.0.1:") and shown["vnc"] in human
 
     nodes = json.loads(run(daemon, "node", "list", "--json").stdout)
     assert nodes[0]["name"] == "e2e-node" and nodes[0]["accel"] == "tcg"

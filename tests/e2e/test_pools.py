@@ -7,40 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.ceph_cluster import CephCluster
-from tests.e2e.conftest import Daemon, free_port, free_vnc_display, kill_qemus, wait_marker
+from tests.e2e.conftest import Daemon, wait_marker
 from tests.integration.storage.test_pools_rbd import ceph_pool, rbd_images
 
 pytestmark = pytest.mark.qemu
 __all__ = ["ceph_pool"]  # the fixture, imported so pytest finds it here
 BRAMBLE = [str(Path(sys.executable).parent / "bramble")]
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, guests: dict[str, Path]) -> Iterator[Daemon]:
-    """brambled as the e2e fixture starts it, with VNC displays away from other guests on the host."""
-    state = tmp_path / "state"
-    state.mkdir()
-    port = free_port()
-    config = tmp_path / "brambled.toml"
-    config.write_text(
-        f'state_dir = "{state}"\nnode_name = "e2e-node"\n[api]\nport = {port}\n'
-        f'[compute]\naccel = "tcg"\nstop_timeout_seconds = 10\nvnc_first_display = {free_vnc_display()}\n'
-        "[agent]\nreconcile_interval_seconds = 2\n"
-    )
-    d = Daemon(state_dir=state, port=port, config=config, log=tmp_path / "brambled.log")
-    try:
-        d.start()
-        yield d
-    finally:
-        d.stop()
-        kill_qemus(state)
 
 
 def bramble(daemon: Daemon, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
