@@ -65,21 +65,7 @@ class Pool(BaseModel):
 
 
 def _pool(row: StoragePoolRow) -> Pool:
-    return Pool(
-        id=row.id,
-        name=row.name,
-        driver=row.driver,
-        is_default=row.is_default,
-        path=row.path,
-        ceph_conf=row.ceph_conf,
-        ceph_pool=row.ceph_pool,
-        ceph_user=row.ceph_user,
-        ceph_keyring=row.ceph_keyring,
-        timeout_seconds=row.timeout_seconds,
-        cache=row.cache,
-        precache_gib=row.precache_gib,
-        created_at=row.created_at,
-    )
+    return Pool.model_validate(row, from_attributes=True)  # the row's columns are the model's fields
 
 
 def _report(report: PoolReport) -> Pool:
