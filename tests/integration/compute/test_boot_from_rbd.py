@@ -13,12 +13,13 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.ceph_cluster import CephCluster
+from tests.integration.compute.helpers import console_text, file_chunks, qmp, wait_until
 
 from bramble.compute.driver import DiskAttachment, PowerState, VmSpec
 from bramble.compute.qemu.driver import QemuDriver
@@ -29,33 +30,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.anyio]
 
 MARKER = "BRAMBLE-GUEST-UP"
 MiB = 1024**2
-
-
-async def wait_until(predicate: Callable[[], object], deadline: float, what: str) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline:g}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-def console(driver: QemuDriver, vm_id: str) -> str:
-    try:
-        return Path(driver.console_path(vm_id)).read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-async def file_chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
-async def qmp(driver: QemuDriver, vm_id: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
-    vm = driver._live(vm_id)
-    assert vm is not None, f"{vm_id} is not running"
-    return await driver._qmp(vm, command, arguments)
 
 
 async def qemu_io(driver: QemuDriver, vm_id: str, command: str) -> None:
@@ -162,9 +136,9 @@ async def test_vm_boots_from_an_rbd_clone(
         started = await driver.start(spec)
         assert started.state == PowerState.RUNNING
         begun = time.monotonic()
-        await wait_until(lambda: MARKER in console(driver, vm_id), 180, f"{MARKER} on the console")
+        await wait_until(lambda: MARKER in console_text(driver, vm_id), 180, f"{MARKER} on the console")
         print(f"x86_64 from RBD: {MARKER} after {time.monotonic() - begun:.1f}s")  # shown with pytest -s
-        assert "BRAMBLE-GUEST-DISKS vda" in console(driver, vm_id)
+        assert "BRAMBLE-GUEST-DISKS vda" in console_text(driver, vm_id)
 
         # QEMU's librbd reads the image's data through the clone: copy the disk as QEMU
         # sees it into a local file with a backup job, and look at it

@@ -21,12 +21,13 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.ceph_cluster import CephCluster
+from tests.integration.compute.helpers import console_text, file_chunks, qmp, wait_until
 
 from bramble.agent.cache import NodeCache
 from bramble.compute.driver import ComputeError, DiskAttachment, PowerState, VmSpec
@@ -40,33 +41,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.anyio]
 MARKER = "BRAMBLE-GUEST-UP"
 MiB = 1024**2
 BOOT_READ = "read 0 48M"
-
-
-async def wait_until(predicate: Callable[[], object], deadline: float, what: str) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline:g}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-def console(driver: QemuDriver, vm_id: str) -> str:
-    try:
-        return Path(driver.console_path(vm_id)).read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-async def file_chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
-async def qmp(driver: QemuDriver, vm_id: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
-    vm = driver._live(vm_id)
-    assert vm is not None, f"{vm_id} is not running"
-    return await driver._qmp(vm, command, arguments)
 
 
 async def qemu_io(driver: QemuDriver, vm_id: str, command: str) -> None:
@@ -177,8 +151,8 @@ def spec_for(guests: dict[str, Path], vm_id: str, disk: str) -> VmSpec:
 async def boot(driver: QemuDriver, guests: dict[str, Path], vm_id: str, disk: str) -> None:
     started = await driver.start(spec_for(guests, vm_id, disk))
     assert started.state == PowerState.RUNNING
-    await wait_until(lambda: MARKER in console(driver, vm_id), 240, f"{MARKER} on the console of {vm_id}")
-    assert "BRAMBLE-GUEST-DISKS vda" in console(driver, vm_id)
+    await wait_until(lambda: MARKER in console_text(driver, vm_id), 240, f"{MARKER} on the console of {vm_id}")
+    assert "BRAMBLE-GUEST-DISKS vda" in console_text(driver, vm_id)
 
 
 async def test_second_boot_reads_far_less_from_ceph(
@@ -252,7 +226,7 @@ async def test_ephemeral_writes_stay_local_and_drop_pivots_a_running_guest_onto_
         await qemu_io(driver, vm_id, "flush")
         assert admin_read(ceph, f"disk-{disk_id}", 101 * MiB, 64 * 1024) == b"\x79" * 64 * 1024
         await driver.reboot(vm_id)
-        await wait_until(lambda: console(driver, vm_id).count(MARKER) >= 2, 240, "the marker after a reboot")
+        await wait_until(lambda: console_text(driver, vm_id).count(MARKER) >= 2, 240, "the marker after a reboot")
         assert (await driver.status(vm_id)).state == PowerState.RUNNING
     finally:
         await driver.stop(vm_id, force=True)
@@ -428,7 +402,7 @@ async def test_node_cache_hit_ratio_release_and_offline_drop(
             VmSpec(**{**spec.__dict__, "vm_id": rbd_vm, "disks": (DiskAttachment(clone.path, format="raw"),)})
         )
         assert started.state == PowerState.RUNNING
-        await wait_until(lambda: MARKER in console(driver, rbd_vm), 240, "the marker from the RBD clone")
+        await wait_until(lambda: MARKER in console_text(driver, rbd_vm), 240, "the marker from the RBD clone")
     finally:
         for vm in (vm_id, other_vm, rbd_vm):
             await driver.stop(vm, force=True)
@@ -510,8 +484,8 @@ async def test_a_cached_vms_rbd_volume_is_written_through_and_read_locally(
         local = started.disks[1].cache_path
         assert local is not None and Path(local).exists() and cached_ranges(local) == []
         assert (await driver.start(started)).state == PowerState.RUNNING
-        await wait_until(lambda: MARKER in console(driver, vm_id), 240, "the marker")
-        assert "vdb" in console(driver, vm_id)
+        await wait_until(lambda: MARKER in console_text(driver, vm_id), 240, "the marker")
+        assert "vdb" in console_text(driver, vm_id)
 
         async def io(command: str) -> None:
             error = await qmp(

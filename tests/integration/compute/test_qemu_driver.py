@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.compute.helpers import console_text, wait_until
 
 from bramble.compute.arch import ARCH_PROFILES, ArchProfile
 from bramble.compute.driver import ComputeError, DiskAttachment, PowerState, VmSpec
@@ -26,21 +27,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.anyio]
 MARKER = "BRAMBLE-GUEST-UP"
 LivePids = Callable[[str], set[int]]
 MakeSpec = Callable[..., VmSpec]
-
-
-async def wait_until(predicate: Callable[[], object], deadline: float, what: str) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline:g}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-def console_text(driver: QemuDriver, vm_id: str) -> str:
-    try:
-        return Path(driver.console_path(vm_id)).read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
 
 
 async def wait_marker(driver: QemuDriver, vm_id: str, count: int = 1, deadline: float = 180) -> float:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.integration.compute.test_boot_from_rbd import console, qmp, storage, wait_until
+from tests.integration.compute.helpers import console_text, qmp, wait_until
+from tests.integration.compute.test_boot_from_rbd import storage
 
 from bramble.compute.driver import DiskAttachment, PowerState, VmSpec
 from bramble.compute.qemu.driver import QemuDriver
@@ -52,19 +53,20 @@ async def move_between_guests(
     try:
         await driver.start(a)
         await driver.start(b)
-        await wait_until(lambda: UP in console(driver, a.vm_id), 300, f"{UP} on A's console")
+        await wait_until(lambda: UP in console_text(driver, a.vm_id), 300, f"{UP} on A's console")
 
         await driver.attach_disk(a.vm_id, disk)
-        await wait_until(lambda: f"BRAMBLE-GUEST-VOLUME wrote {word}" in console(driver, a.vm_id), 120, "A's write")
+        wrote = f"BRAMBLE-GUEST-VOLUME wrote {word}"
+        await wait_until(lambda: wrote in console_text(driver, a.vm_id), 120, "A's write")
         await driver.detach_disk(a.vm_id, node, timeout=120)
         names = {n["node-name"] for n in await qmp(driver, a.vm_id, "query-named-block-nodes")}
         assert node not in names
         exported = b"".join([chunk async for chunk in store.export_disk(volume_id)])
         assert exported[: len(word) + 1] == f"{word}\n".encode()
 
-        await wait_until(lambda: UP in console(driver, b.vm_id), 300, f"{UP} on B's console")
+        await wait_until(lambda: UP in console_text(driver, b.vm_id), 300, f"{UP} on B's console")
         await driver.attach_disk(b.vm_id, disk)
-        await wait_until(lambda: f"BRAMBLE-GUEST-VOLUME read {word}" in console(driver, b.vm_id), 120, "B's read")
+        await wait_until(lambda: f"BRAMBLE-GUEST-VOLUME read {word}" in console_text(driver, b.vm_id), 120, "B's read")
 
         await driver.grow_disk(b.vm_id, node, 16 * MiB)
         sizes = {
