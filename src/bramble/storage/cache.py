@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bramble.processes import open_verified
 from bramble.storage.driver import StorageError, StoredDisk, StoredImage
 from bramble.storage.rbd import BASE_SNAPSHOT, RbdStorageDriver
 
@@ -105,24 +106,7 @@ def _admin_command(path: Path, command: dict[str, Any], timeout: float = 5.0) ->
 
 def _is_owner(pid: int, directory: Path) -> int | None:
     """A pidfd for ``pid`` if it is a live qemu-storage-daemon of ``directory``, else None."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        os.close(pidfd)
-        return None
-    needle = os.fsencode(str(directory)) + b"/"
-    if (
-        not args
-        or not os.path.basename(args[0]).startswith(b"qemu-storage-daemon")
-        or not any(needle in arg for arg in args)
-    ):
-        os.close(pidfd)
-        return None
-    return pidfd
+    return open_verified(pid, b"qemu-storage-daemon", os.fsencode(str(directory)) + b"/")
 
 
 async def _wait_pidfd(pidfd: int, timeout: float) -> bool:

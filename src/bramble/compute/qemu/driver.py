@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import os
-import select
 import signal
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from qemu.qmp.protocol import Runstate
 from bramble.compute.arch import ArchProfile, UnknownArch, canonical_arch, get_profile, host_arch
 from bramble.compute.driver import ComputeDriver, ComputeError, DiskAttachment, PowerState, VmRuntime, VmSpec
 from bramble.compute.qemu.cmdline import RuntimePaths, build_argv, disk_blockdev, socket_too_long
+from bramble.processes import open_verified, pidfd_exited
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,6 @@ def _map_status(status: str) -> PowerState:
     return PowerState.PAUSED  # paused, prelaunch, io-error, suspended, inmigrate, ...
 
 
-def _exited(pidfd: int) -> bool:
-    """True once the process behind the pidfd has terminated (pidfds poll readable)."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 def open_verified_pid(pid: int, vm_id: str) -> int | None:
     """A pidfd for ``pid`` if it is a live QEMU whose command line names ``vm_id``, else None.
 
@@ -94,22 +87,7 @@ def open_verified_pid(pid: int, vm_id: str) -> int | None:
     liveness is re-checked afterwards, so the command line we checked is that of the
     process the pidfd refers to.
     """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (ProcessLookupError, OSError):
-        return None
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        os.close(pidfd)
-        return None
-    is_qemu = bool(args) and os.path.basename(args[0]).startswith(b"qemu-system")
-    needle = f"/{vm_id}/".encode()
-    names_vm = any(needle in arg for arg in args)
-    if not (is_qemu and names_vm) or _exited(pidfd):
-        os.close(pidfd)
-        return None
-    return pidfd
+    return open_verified(pid, b"qemu-system", f"/{vm_id}/".encode())
 
 
 def _read_pid(pidfile: Path) -> int | None:
@@ -450,7 +428,7 @@ class QemuDriver(ComputeDriver):
             log.warning("vm %s: qemu: %s", spec.vm_id, stderr)
 
         vm = await self._attach(spec.vm_id)
-        gone = vm is None or vm.exited.is_set() or vm.pidfd < 0 or _exited(vm.pidfd)
+        gone = vm is None or vm.exited.is_set() or vm.pidfd < 0 or pidfd_exited(vm.pidfd)
         if vm is not None and vm.qmp is None and not gone:
             await self._kill(vm)
             await self._wait_done(vm, 10)
