@@ -60,7 +60,9 @@ async def api(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the real app, in-process, authenticated as the admin."""
     transport = httpx.ASGITransport(app=create_app(services.cloud))
     headers = {"Authorization": f"Bearer {services.admin_token}"}
-    async with httpx.AsyncClient(transport=transport, base_url="http://bramble.test", headers=headers) as client:
+    async with httpx.AsyncClient(  # generous: some tests drive a real Ceph cluster or QEMU through it
+        transport=transport, base_url="http://bramble.test", headers=headers, timeout=60
+    ) as client:
         yield client
 
 

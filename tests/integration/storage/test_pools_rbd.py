@@ -20,7 +20,6 @@ from tests.ceph_cluster import CephCluster
 from tests.conftest import fake_settings
 from tests.unit.api.helpers import wait_operation
 
-from bramble.api.app import create_app
 from bramble.daemon import Services, build_services
 
 pytestmark = pytest.mark.anyio
@@ -73,16 +72,6 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
         yield svc
     finally:
         await svc.close()
-
-
-@pytest.fixture
-async def api(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(services.cloud))
-    headers = {"Authorization": f"Bearer {services.admin_token}"}
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://bramble.test", headers=headers, timeout=60
-    ) as client:
-        yield client
 
 
 def rbd_body(ceph: CephCluster, pool: dict[str, Any], name: str = "ceph", **changes: Any) -> dict[str, Any]:
