@@ -181,7 +181,18 @@ def export(
 
 
 @app.command()
-def delete(ctx: typer.Context, name: ImageName, json_out: JsonOut = False) -> None:
-    """Delete an image (refused while VMs use it)."""
-    client_from(ctx).delete(_path(name))
+def delete(
+    ctx: typer.Context,
+    name: ImageName,
+    flatten: Annotated[
+        bool,
+        typer.Option("--flatten", help="First give the disks of the VMs cloned from it their own copy of its data."),
+    ] = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Delete an image (refused while VM disks are cloned from it, unless --flatten)."""
+    if flatten:
+        client_from(ctx).request("DELETE", _path(name), params={"flatten": "true"}, slow=True)
+    else:
+        client_from(ctx).delete(_path(name))
     deleted("image", name, json_out)

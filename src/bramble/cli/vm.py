@@ -28,12 +28,15 @@ from bramble.cli.output import (
     GIB,
     MIB,
     JsonOut,
+    deleted,
     emit,
     format_size,
+    human_bytes,
     panel,
     parse_disk,
     parse_memory,
     state,
+    stderr,
     table,
 )
 
@@ -287,6 +290,51 @@ def cache_drop(ctx: typer.Context, name: VmName, no_wait: NoWait = False, json_o
     _after(
         client, client.post(f"{_path(name)}/cache/drop", None), name, no_wait=no_wait, json_out=json_out, brief=False
     )
+
+
+snapshot_app = typer.Typer(
+    help="Snapshots of the VM's disk. RBD: also while it runs (crash-consistent, as after a power cut); "
+    "a local qcow2 disk: stop the VM first. Rollback always needs the VM stopped.",
+    no_args_is_help=True,
+)
+app.add_typer(snapshot_app, name="snapshot")
+SnapshotName = Annotated[str, typer.Argument(metavar="SNAPSHOT", help="Snapshot name.")]
+
+
+@snapshot_app.command("create")
+def snapshot_create(ctx: typer.Context, name: VmName, snapshot: SnapshotName, json_out: JsonOut = False) -> None:
+    """Snapshot the VM's disk (RBD: crash-consistent while running; local disks: VM stopped)."""
+    data = client_from(ctx).post(f"{_path(name)}/snapshots", {"name": snapshot}, slow=True)
+    emit(data, json_out, lambda: stderr().print(f"snapshot {name}@{snapshot} created"))
+
+
+@snapshot_app.command("list")
+def snapshot_list(ctx: typer.Context, name: VmName, json_out: JsonOut = False) -> None:
+    """List the snapshots of the VM's disk."""
+    data = client_from(ctx).get(f"{_path(name)}/snapshots")
+    rows = [(s["name"], human_bytes(s["size_bytes"]), s["created"] or "-") for s in data]
+    emit(data, json_out, lambda: table(["NAME", "SIZE", "CREATED"], rows))
+
+
+@snapshot_app.command("rollback")
+def snapshot_rollback(ctx: typer.Context, name: VmName, snapshot: SnapshotName) -> None:
+    """Put the VM's disk back as it was at the snapshot (the VM must be stopped)."""
+    client_from(ctx).post(f"{_path(name)}/snapshots/{seg(snapshot)}/rollback", slow=True)
+    stderr().print(f"vm {name} rolled back to {snapshot}")
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(ctx: typer.Context, name: VmName, snapshot: SnapshotName, json_out: JsonOut = False) -> None:
+    """Delete a snapshot of the VM's disk."""
+    client_from(ctx).request("DELETE", f"{_path(name)}/snapshots/{seg(snapshot)}", slow=True)
+    deleted("snapshot", f"{name}@{snapshot}", json_out)
+
+
+@app.command()
+def flatten(ctx: typer.Context, name: VmName, json_out: JsonOut = False) -> None:
+    """Give the VM's disk its own copy of its image's data, so the image can be deleted (RBD: while running)."""
+    data = client_from(ctx).post(f"{_path(name)}/flatten", slow=True)
+    emit(data, json_out, lambda: render(parse(Vm, data)))
 
 
 def _interactive() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from bramble.core.deps import CoreDeps, find_by_ref
 from bramble.core.errors import Conflict, Invalid
 from bramble.core.operations import OperationHandle
 from bramble.core.pools import pool_of, resolve_pool, storage_failure
+from bramble.core.vm_snapshots import VmDiskService
 from bramble.db.models import ImageRow, OperationRow, VmRow, utcnow
 from bramble.storage.driver import StorageDriver, StorageError, StoredImage
 
@@ -212,24 +214,43 @@ class ImageService:
             row.error = None
         return row
 
-    async def delete(self, ctx: RequestContext, ref: str) -> None:
+    async def delete(self, ctx: RequestContext, ref: str, *, flatten: bool = False) -> None:
+        """Delete an image; with ``flatten`` the disks of the VMs cloned from it get their own data first."""
+        disks = VmDiskService(self.deps)
         async with self.deps.runner.validating(ctx, "image.delete", f"image/{ref}"):
             row = await self.get(ref)
             async with self.deps.db.read() as session:
                 users = list((await session.scalars(select(VmRow.name).where(VmRow.image_id == row.id))).all())
-            if users:
+            if users and not flatten:
                 raise Conflict(
                     f"image {row.name!r} is used by the disks of {len(users)} VM(s): {', '.join(sorted(users))}"
+                    " (--flatten gives them their own copy first)"
                 )
+            if users and (row.kernel_path or row.format == "iso"):
+                what = "an ISO" if row.format == "iso" else "a kernel"
+                raise Conflict(
+                    f"image {row.name!r} holds {what} that VM(s) {', '.join(sorted(users))} boot from;"
+                    " flattening their disks cannot free it"
+                )
+            if users:
+                await disks.check_flattenable(row.id)
 
-        async def work(op: OperationHandle) -> None:
+        async def work(op: OperationHandle) -> dict[str, Any]:
             op.before = image_summary(row)
+            flattened = await disks.check_flattenable(row.id) if flatten else []
+            # A failure here stops before anything is deleted; a disk flattened already stays correct.
+            await disks.flatten_for_image(flattened)
             async with self.deps.db.write() as session:
+                for vm in await session.scalars(select(VmRow).where(VmRow.image_id == row.id)):
+                    if vm.id not in {done.id for done in flattened}:
+                        raise Conflict(f"image {row.name!r} got a new VM meanwhile: {vm.name}")
+                    vm.image_id = None  # its disk is its own now; the image row can go
                 current = await session.get(ImageRow, row.id)
                 if current is not None:
                     await session.delete(current)
             # Files go after the row: a failure leaves an orphan file, never a row without files.
             await (await self._store(row)).delete_image(row.id)
+            return {"image_id": row.id, "flattened_vms": sorted(vm.name for vm in flattened)}
 
         await self.deps.runner.run(ctx, "image.delete", f"image/{row.name}", work)
 

@@ -37,6 +37,7 @@ from bramble.core.networks import NetworkService, NicRequest, attachments_by_vm,
 from bramble.core.operations import OperationHandle
 from bramble.core.pools import check_same_pool, pool_spec, resolve_pool, spec_of
 from bramble.core.secgroups import SecurityGroupService
+from bramble.core.vm_snapshots import VmDiskService
 from bramble.core.volumes import attached_volumes
 from bramble.db.models import (
     FlavorRow,
@@ -134,6 +135,7 @@ class VmService:
         self.deps = deps
         self.networks = NetworkService(deps)
         self.secgroups = SecurityGroupService(deps)
+        self.disks = VmDiskService(deps)  # snapshots and flatten of the root disk
 
     # ------------------------------------------------------------------ reading
     async def list_all(self) -> list[tuple[VmRow, ImageRow | None, FlavorRow | None]]:

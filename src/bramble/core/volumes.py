@@ -82,6 +82,21 @@ async def attached_volumes(session: AsyncSession, vm_id: str) -> list[DiskAttach
     return (await volumes_by_vm(session, [vm_id])).get(vm_id, [])
 
 
+def check_snapshot_name(name: str) -> None:
+    if not SNAPSHOT_RE.match(name):
+        raise Invalid(f"bad snapshot name {name!r}: letters, digits, '.', '_', '-' (up to 63)")
+
+
+async def storage_step(step: Any) -> Any:
+    """Storage refusals are the user's to fix (422), a backend without the feature too."""
+    try:
+        return await step
+    except StorageError as exc:
+        raise storage_failure(exc) from None
+    except NotImplementedError as exc:
+        raise Invalid(str(exc)) from None
+
+
 class VolumeService:
     def __init__(self, deps: CoreDeps) -> None:
         self.deps = deps
@@ -273,10 +288,7 @@ class VolumeService:
         return await self.get(row.id)
 
     # ------------------------------------------------------------------ snapshots
-    @staticmethod
-    def _check_snapshot(name: str) -> None:
-        if not SNAPSHOT_RE.match(name):
-            raise Invalid(f"bad snapshot name {name!r}: letters, digits, '.', '_', '-' (up to 63)")
+    _check_snapshot = staticmethod(check_snapshot_name)
 
     async def snapshots(self, ref: str) -> list[DiskSnapshot]:
         row = await self.get(ref)
@@ -401,15 +413,7 @@ class VolumeService:
             vm = await self.vm_name(row)
             raise Conflict(f"volume {row.name!r} is attached to VM {vm or row.vm_id!r}; detach it to {action}")
 
-    @staticmethod
-    async def _storage(step: Any) -> Any:
-        """Storage refusals are the user's to fix (422), a backend without the feature too."""
-        try:
-            return await step
-        except StorageError as exc:
-            raise storage_failure(exc) from None
-        except NotImplementedError as exc:
-            raise Invalid(str(exc)) from None
+    _storage = staticmethod(storage_step)
 
     @asynccontextmanager
     async def _vm_lock(self, vm_id: str | None) -> AsyncIterator[None]:

@@ -75,6 +75,9 @@ def detect_format(head: bytes) -> str:
 
 class StorageDriver(ABC):
     name: str = "abstract"
+    # Snapshot create/delete and flatten are safe while a VM has the disk open (RBD: the
+    # cluster orders them against the guest's writes); a qcow2 file is locked by QEMU.
+    changes_while_open: bool = False
 
     @abstractmethod
     async def write_image(self, image_id: str, chunks: AsyncIterator[bytes], *, part: str = "disk") -> int:

@@ -18,6 +18,7 @@ from bramble.storage.driver import (
 
 class FakeStorage(StorageDriver):
     name = "fake"
+    changes_while_open = True  # as RBD; tests set it False to play a local qcow2 pool
 
     def __init__(self) -> None:
         self.images: dict[str, dict[str, bytes]] = {}
@@ -27,6 +28,8 @@ class FakeStorage(StorageDriver):
         self.data: dict[str, bytes] = {}
         self.snapshots: dict[str, dict[str, bytes]] = {}
         self.fail_volume: str | None = None  # set to a message to make create_volume fail
+        self.fail_flatten: dict[str, str] = {}  # disk id -> the message flatten_disk fails with
+        self.flattened: list[str] = []  # disk ids flatten_disk was called for, in order
         self.capacity_bytes = 100 * 1024**3
 
     async def write_image(self, image_id: str, chunks: AsyncIterator[bytes], *, part: str = "disk") -> int:
@@ -103,18 +106,23 @@ class FakeStorage(StorageDriver):
 
     async def flatten_disk(self, disk_id: str) -> None:
         self._disk(disk_id)
+        if disk_id in self.fail_flatten:
+            raise StorageError(self.fail_flatten[disk_id])
+        self.flattened.append(disk_id)
 
     async def snapshot_create(self, disk_id: str, snapshot: str) -> DiskSnapshot:
         snaps = self.snapshots.setdefault(disk_id, {})
         if snapshot in snaps:
             raise StorageError(f"disk {disk_id} already has a snapshot {snapshot!r}")
-        snaps[snapshot] = self._bytes(disk_id)
-        return DiskSnapshot(name=snapshot, size_bytes=len(snaps[snapshot]), protected=False, created=None)
+        size = self._disk(disk_id).virtual_size_bytes
+        # b"": never written (all zeros), so a VM disk of a GiB costs no memory
+        snaps[snapshot] = self.data.get(disk_id, b"")
+        return DiskSnapshot(name=snapshot, size_bytes=size, protected=False, created=None)
 
     async def snapshot_list(self, disk_id: str) -> list[DiskSnapshot]:
-        self._disk(disk_id)
+        size = self._disk(disk_id).virtual_size_bytes
         return [
-            DiskSnapshot(name=name, size_bytes=len(data), protected=False, created=None)
+            DiskSnapshot(name=name, size_bytes=len(data) or size, protected=False, created=None)
             for name, data in self.snapshots.get(disk_id, {}).items()
         ]
 
@@ -122,7 +130,10 @@ class FakeStorage(StorageDriver):
         snaps = self.snapshots.get(disk_id, {})
         if snapshot not in snaps:
             raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
-        self.data[disk_id] = snaps[snapshot]
+        if snaps[snapshot]:
+            self.data[disk_id] = snaps[snapshot]
+        else:
+            self.data.pop(disk_id, None)
 
     async def snapshot_delete(self, disk_id: str, snapshot: str) -> None:
         self.snapshots.get(disk_id, {}).pop(snapshot, None)
@@ -134,7 +145,7 @@ class FakeStorage(StorageDriver):
             snaps = self.snapshots.get(disk_id, {})
             if snapshot not in snaps:
                 raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
-            data = snaps[snapshot]
+            data = snaps[snapshot] or b"\0" * self._disk(disk_id).virtual_size_bytes
         for start in range(0, len(data), 65536):
             yield data[start : start + 65536]
 

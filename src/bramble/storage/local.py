@@ -182,8 +182,22 @@ class LocalStorage(StorageDriver):
         return StoredDisk(disk_id=disk_id, path=current.path, format="qcow2", virtual_size_bytes=size_bytes)
 
     async def flatten_disk(self, disk_id: str) -> None:
-        """Drop the backing file: rebase onto nothing copies the shared data into the disk."""
+        """Drop the backing file: rebase onto nothing copies the shared data into the disk.
+
+        Only the active layer gets the copy: an internal snapshot taken on the overlay would read
+        zeros where it relied on the image, so a disk with snapshots is refused (a standalone
+        disk has nothing to flatten).
+        """
         path = self._existing(disk_id)
+        info = await self._info(path)
+        if not info.get("backing-filename"):
+            return
+        if info.get("snapshots"):
+            names = ", ".join(str(s["name"]) for s in info["snapshots"])  # type: ignore[attr-defined]
+            raise StorageError(
+                f"disk {disk_id} has snapshots ({names}) that share data with its image; "
+                "flattening would empty them: delete them first"
+            )
         await _run("qemu-img", "rebase", "-q", "-f", "qcow2", "-b", "", str(path))
 
     @staticmethod

@@ -99,6 +99,7 @@ def _errno_of(exc: BaseException) -> int | None:
 
 
 class RbdStorageDriver(StorageDriver):
+    changes_while_open = True
     name = "rbd"
 
     def __init__(

@@ -71,6 +71,8 @@ async def export_image(ref: str, cloud: CloudDep, ctx: ContextDep) -> StreamingR
 
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_image(ref: str, cloud: CloudDep, ctx: ContextDep) -> Response:
-    await cloud.images.delete(ctx, ref)
+async def delete_image(ref: str, cloud: CloudDep, ctx: ContextDep, flatten: bool = False) -> Response:
+    """Refused (409, naming them) while VM disks are cloned from it, unless ``flatten``: then each
+    is flattened first, and a failure names the disk and deletes nothing."""
+    await cloud.images.delete(ctx, ref, flatten=flatten)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from bramble.api import convert, schemas
 from bramble.api.deps import CloudDep, ContextDep
+from bramble.api.routers.volumes import Snapshot, SnapshotCreate
 from bramble.core.networks import NicRequest
 from bramble.core.vms import VmRequest
 from bramble.db.models import FlavorRow, ImageRow, VmRow
@@ -64,6 +65,41 @@ async def drop_cache(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Acce
     """Move the VM's disk from its node-local cache overlay into an RBD clone (a running guest keeps running)."""
     op = await cloud.vms.drop_cache(ctx, ref)
     return schemas.Accepted(operation=convert.operation(op))
+
+
+@router.get("/{ref}/snapshots", response_model=list[Snapshot])
+async def list_snapshots(ref: str, cloud: CloudDep, ctx: ContextDep) -> list[Snapshot]:
+    return [
+        Snapshot(name=s.name, size_bytes=s.size_bytes, created=s.created) for s in await cloud.vms.disks.snapshots(ref)
+    ]
+
+
+@router.post("/{ref}/snapshots", status_code=status.HTTP_201_CREATED, response_model=Snapshot)
+async def create_snapshot(ref: str, body: SnapshotCreate, cloud: CloudDep, ctx: ContextDep) -> Snapshot:
+    """Snapshot the VM's disk: RBD also while it runs (crash-consistent); a local qcow2 disk when stopped."""
+    snap = await cloud.vms.disks.snapshot_create(ctx, ref, body.name)
+    return Snapshot(name=snap.name, size_bytes=snap.size_bytes, created=snap.created)
+
+
+@router.post("/{ref}/snapshots/{snapshot}/rollback", status_code=status.HTTP_204_NO_CONTENT)
+async def rollback_snapshot(ref: str, snapshot: str, cloud: CloudDep, ctx: ContextDep) -> Response:
+    """Put the disk back as it was at the snapshot; refused (409) while the VM runs."""
+    await cloud.vms.disks.snapshot_rollback(ctx, ref, snapshot)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/{ref}/snapshots/{snapshot}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_snapshot(ref: str, snapshot: str, cloud: CloudDep, ctx: ContextDep) -> Response:
+    await cloud.vms.disks.snapshot_delete(ctx, ref, snapshot)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{ref}/flatten", response_model=schemas.Vm)
+async def flatten_vm(ref: str, cloud: CloudDep, ctx: ContextDep) -> schemas.Vm:
+    """Give the VM's disk its own copy of the data it shares with its image."""
+    await cloud.vms.disks.flatten(ctx, ref)
+    vm, image, flavor = await cloud.vms.get(ref)
+    return await _with_nics(cloud, vm, image, flavor)
 
 
 @router.post("/{ref}/actions/{action}", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Accepted)
