@@ -1,24 +1,34 @@
-"""DHCP DORA rate with persistent leases: Bramble's DhcpServer against Kea and dnsmasq, side by side.
+"""DHCP DORA rate with persistent leases: Bramble's brambled boot role against Kea and dnsmasq, side by side.
 
 Two throwaway network namespaces joined by a veth pair (server 10.96.0.1/12, client 10.96.0.2/12;
 nothing else is reachable). ISC perfdhcp (Debian kea-admin) runs in the client namespace and emulates a
 relay (giaddr 10.96.0.2) for up to a million random client MACs, so nearly every exchange is a new
-lease that each server must write to its lease file:
+lease that each server must write to its lease file. The server kinds (``--servers``):
 
-* Bramble: ``bramble.boot.dhcp.DhcpServer`` with its lease journal, in its own Python process, with an
-  ``on_event`` callback that builds every ``DhcpEvent`` (as the boot role does);
-* Kea: ``kea-dhcp4``, memfile with ``persist: true`` (lease file compaction off), single-threaded;
-* dnsmasq: a lease file, ``no-ping``, ``quiet-dhcp``.
+* ``bramble``: the product. The venv's ``brambled --config FILE`` with ``roles = ["boot"]``, a temp state
+  dir and SQLite (the default database), one authoritative ``[[boot.interfaces]]`` entry for ``veth-s``
+  (the range below, 3600 s leases). That is the whole boot role: the PXE boot chooser on every packet,
+  every ``DhcpEvent`` turned into a ``boot.dhcp`` audit event and written to the ``events`` table in
+  batches, plus the role's TFTP/HTTP/syslog listeners (on 10069/10080/10514, in the namespace only) and
+  IPv6 router advertisements. After perfdhcp stops, the point waits (up to 30 s) until the audit log has
+  caught up and prints its ``boot.dhcp`` row count (about 2 per completed DORA: DISCOVER and REQUEST);
+  the daemon's CPU is counted until then, so audit writes that lag the packets are included;
+* ``bramble-lib``: the library alone. ``bramble.boot.dhcp.DhcpServer`` with its lease journal in a small
+  Python script (``SERVE_SCRIPT``) whose ``on_event`` only appends each ``DhcpEvent`` to a deque: no boot
+  chooser, no audit log. It shows what the DHCP code costs by itself;
+* ``kea``: ``kea-dhcp4``, memfile with ``persist: true`` (lease file compaction off), single-threaded;
+* ``dnsmasq``: a lease file, ``no-ping``, ``quiet-dhcp``.
 
 Each server is our own child process with its config in a temp dir, never a system service. For every
-rate of the sweep each server gets a fresh process and an empty lease file, then perfdhcp offers that
-many DISCOVERs per second for ``--seconds``. A point has zero drops when every DISCOVER got its OFFER
-and every REQUEST its ACK. The table prints each point and the highest zero-drop rate per server, with
-Bramble's as a multiple of Kea's and dnsmasq's (target: >= 1.00x Kea). The perfdhcp client shares the
-CPUs with the server, and the host with other work: read small differences as noise.
+rate of the sweep each server gets a fresh process and an empty lease file (and database), then perfdhcp
+offers that many DISCOVERs per second for ``--seconds``. A point has zero drops when every DISCOVER got
+its OFFER and every REQUEST its ACK. The table prints each point and the highest zero-drop rate per
+server; the summary compares ``bramble`` (the daemon) with Kea and dnsmasq (target: >= 1.00x Kea) and
+prints ``bramble-lib``'s ratios on their own labelled line. The perfdhcp client shares the CPUs with the
+server, and the host with other work: read small differences as noise.
 
     .venv/bin/python bench/dhcp_rate.py [--seconds 10] [--rates 1000,2000,4000,6000,8000,10000]
-        [--servers bramble,kea,dnsmasq] [--rounds 1]
+        [--servers bramble,bramble-lib,kea,dnsmasq] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -42,6 +53,8 @@ from _common import REPO, arg_parser, install_signal_cleanup, median, print_tabl
 
 SERVER_IP, CLIENT_IP, PREFIX = "10.96.0.1", "10.96.0.2", 12
 RANGE = ("10.97.0.0", "10.111.255.254")
+SERVER_KINDS = ("bramble", "bramble-lib", "kea", "dnsmasq")
+BOOT_PORTS = {"tftp": 10069, "http": 10080, "syslog": 10514}  # brambled's, inside the server namespace
 SERVE_SCRIPT = r"""
 import asyncio, collections, signal, sys
 from ipaddress import IPv4Address, IPv4Network
@@ -104,10 +117,20 @@ class Server:
         self.name, self.ns, self.work, self.profile, self.wrapper = name, ns, work, profile, list(wrapper)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = work / "server.log"
+        self.state_dir = work / "state"  # brambled's
 
     def start(self) -> None:
         env = dict(os.environ)
         if self.name == "bramble":
+            argv = [
+                sys.executable,
+                str(Path(sys.prefix) / "bin" / "brambled"),
+                "--config",
+                str(self._brambled_config()),
+            ]
+            if self.profile is not None:
+                argv[1:1] = ["-m", "cProfile", "-o", str(self.profile)]
+        elif self.name == "bramble-lib":
             script = self.work / "serve.py"
             script.write_text(SERVE_SCRIPT)
             argv = [sys.executable, str(script), "veth-s", str(self.work / "leases.json"), SERVER_IP,
@@ -137,7 +160,7 @@ class Server:
             (self.work / "kea.json").write_text(json.dumps(config))
             argv = ["kea-dhcp4", "-c", str(self.work / "kea.json")]
             env.update(KEA_PIDFILE_DIR=str(self.work), KEA_LOCKFILE_DIR=str(self.work))
-        else:
+        elif self.name == "dnsmasq":
             conf = self.work / "dnsmasq.conf"
             conf.write_text(
                 "port=0\ninterface=veth-s\nbind-interfaces\n"
@@ -146,30 +169,69 @@ class Server:
                 f"dhcp-leasefile={self.work / 'leases'}\nuser=root\ngroup=root\npid-file=\n"
             )
             argv = ["dnsmasq", "--keep-in-foreground", f"--log-facility={self.log}", f"--conf-file={conf}"]
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, *self.wrapper, *argv],
-            stdout=subprocess.PIPE,
-            stderr=open(self.work / "stderr", "ab"),  # noqa: SIM115 - closed with the process
-            env=env,
-        )
+        else:
+            raise ValueError(f"unknown server kind {self.name!r} (one of {', '.join(SERVER_KINDS)})")
+        daemon = self.name == "bramble"  # brambled logs to stderr and prints nothing else: both to its log
+        with open(self.log if daemon else self.work / "stderr", "ab") as output:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, *self.wrapper, *argv],
+                stdout=output if daemon else subprocess.PIPE,
+                stderr=subprocess.STDOUT if daemon else output,
+                env=env,
+            )
         self._wait_ready()
+        if self.name == "bramble" and not self.wrapper:
+            self._check_pid_is_brambled()
+
+    def _brambled_config(self) -> Path:
+        """A boot-only node: no API, no agent; the boot role's TCP/UDP ports moved off the privileged
+        ones (they are in the namespace only), DHCP on 67 as users run it."""
+        config = self.work / "brambled.toml"
+        config.write_text(
+            f'state_dir = "{self.state_dir}"\nroles = ["boot"]\nlog_level = "info"\n'
+            f"[boot]\ntftp_port = {BOOT_PORTS['tftp']}\nhttp_port = {BOOT_PORTS['http']}\n"
+            f"syslog_port = {BOOT_PORTS['syslog']}\n"
+            f'[[boot.interfaces]]\nname = "veth-s"\nmode = "authoritative"\nserver_ip = "{SERVER_IP}"\n'
+            f'subnet = "10.96.0.0/{PREFIX}"\nrange_start = "{RANGE[0]}"\nrange_end = "{RANGE[1]}"\n'
+            f'router = "{SERVER_IP}"\nlease_seconds = 3600\n'
+        )
+        return config
+
+    def _check_pid_is_brambled(self) -> None:
+        """``ip netns exec`` execs its command, so our child's PID must be brambled's python (the CPU
+        figures read /proc of this PID); refuse to measure anything else."""
+        assert self.proc is not None
+        argv = Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().split(b"\0")
+        if not any(arg.endswith(b"/brambled") for arg in argv):
+            raise RuntimeError(f"PID {self.proc.pid} is not brambled: {b' '.join(argv).decode(errors='replace')}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        path = self.log if self.name == "bramble" else self.work / "stderr"
+        try:
+            return path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def _wait_ready(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        if self.name == "bramble":
+        assert self.proc is not None
+        if self.name == "bramble-lib":
+            assert self.proc.stdout is not None
             line = self.proc.stdout.readline()
             if line.strip() != b"ready":
-                raise RuntimeError(f"bramble did not start: {(self.work / 'stderr').read_text()[-2000:]}")
+                raise RuntimeError(f"bramble-lib did not start: {self.log_tail()}")
             return
-        deadline = time.monotonic() + (60 if self.wrapper else 10)
-        while time.monotonic() < deadline:  # kea and dnsmasq: listening on UDP 67 in the namespace
-            out = subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-lun"], capture_output=True, text=True)
-            if ":67 " in out.stdout or (self.name == "kea" and self._kea_listening()):
-                return
+        # (plain, under a wrapper such as valgrind): the daemon imports a lot and migrates its database
+        limit = {"bramble": (60, 600)}.get(self.name, (10, 60))[bool(self.wrapper)]
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:  # listening on UDP 67 in the namespace
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {(self.work / 'stderr').read_text()[-2000:]}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
+            out = subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-lun"], capture_output=True, text=True)
+            listening = ":67 " in out.stdout or (self.name == "kea" and self._kea_listening())
+            if listening and (self.name != "bramble" or "boot role up" in self.log_tail(100_000)):
+                return
             time.sleep(0.05)
-        raise RuntimeError(f"{self.name} is not listening on port 67")
+        raise RuntimeError(f"{self.name} is not ready (port 67) after {limit} s: {self.log_tail()}")
 
     def _kea_listening(self) -> bool:
         """Kea (raw sockets) has opened its packet socket: the namespace's packet table has a row."""
@@ -180,7 +242,7 @@ class Server:
             return False
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """(utime, stime) of the server (``ip netns exec`` execs it, so the PID is the server's)."""
+        """(utime, stime) of the server, all its threads (``ip netns exec`` execs it, so the PID is the server's)."""
         if self.proc is None:
             return 0.0, 0.0
         try:
@@ -189,6 +251,18 @@ class Server:
             return 0.0, 0.0
         tick = os.sysconf("SC_CLK_TCK")
         return int(fields[11]) / tick, int(fields[12]) / tick
+
+    def audit_rows(self) -> int | None:
+        """``boot.dhcp`` rows in brambled's audit log (read-only; WAL lets us read while it writes)."""
+        database = self.state_dir / "bramble.db"
+        if not database.exists():
+            return None
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as db:
+                (count,) = db.execute("SELECT count(*) FROM events WHERE action = 'boot.dhcp'").fetchone()
+        except sqlite3.Error:
+            return None
+        return int(count)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -214,6 +288,9 @@ class Point:
     acks: int
     server_cpu: float = 0.0  # CPU seconds the server process used during the point
     server_sys: float = 0.0  # the part of it spent in the kernel (sockets, lease file writes)
+    audit_rows: int | None = None  # brambled only: boot.dhcp rows in the events table once caught up
+    audit_catchup: float = 0.0  # seconds after perfdhcp ended until the audit log stopped growing
+    audit_note: str = ""  # e.g. the daemon said its audit log is behind (observations dropped)
 
     @property
     def zero_drop(self) -> bool:
@@ -244,7 +321,8 @@ def run_point(
     with tempfile.TemporaryDirectory(prefix="bramble-bench-dhcp-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)
-        server = Server(name, server_ns, work, profile if name == "bramble" else None)
+        server = Server(name, server_ns, work, profile_path(profile, name, rate))
+        audit: tuple[int | None, float, float, float] = (None, 0.0, 0.0, 0.0)
         try:
             server.start()
             time.sleep(0.5)  # raw sockets and interface detection settle (Kea)
@@ -255,20 +333,62 @@ def run_point(
                 capture_output=True, text=True, timeout=seconds + 60, check=False,
             )  # fmt: skip
             user1, sys1 = server.cpu_seconds()
+            if name == "bramble":
+                audit = wait_for_audit(server)
+                _, _, user1, sys1 = audit
         finally:
             server.stop()
         point = parse_perfdhcp(perf.stdout, name, rate, seconds)
         point.server_cpu, point.server_sys = user1 - user0 + sys1 - sys0, sys1 - sys0
+        if name == "bramble":
+            point.audit_rows, point.audit_catchup = audit[0], audit[1]
+            final = server.audit_rows()  # after the daemon's shutdown flush
+            notes = []
+            if final is not None and final != point.audit_rows:
+                notes.append(f"{final} after shutdown")
+            behind = re.findall(r"audit log is behind: (\d+)", server.log_tail(10**7))
+            if behind:
+                notes.append(f"audit log is behind: {behind[-1]}+ observations dropped")
+            point.audit_note = ", ".join(notes)
         note = "" if point.sent_discover else (perf.stdout + perf.stderr)[-300:].replace("\n", " ")
         return point, note
+
+
+def profile_path(profile: Path | None, name: str, rate: int) -> Path | None:
+    """One cProfile file per Python server kind and rate, next to the path given."""
+    if profile is None or name not in ("bramble", "bramble-lib"):
+        return None
+    return profile.with_name(f"{profile.stem}-{name}-{rate}{profile.suffix}")
+
+
+def wait_for_audit(server: Server, deadline_seconds: float = 30.0) -> tuple[int | None, float, float, float]:
+    """Wait until brambled's audit log stops growing (unchanged for 1 s, five flush periods of the
+    observation log) or 30 s pass; (rows, seconds it took, utime, stime at the last growth)."""
+    start = time.monotonic()
+    rows = server.audit_rows()
+    user, system = server.cpu_seconds()
+    grew_at = start
+    while time.monotonic() - start < deadline_seconds and time.monotonic() - grew_at < 1.0:
+        time.sleep(0.1)
+        now_rows = server.audit_rows()
+        if now_rows != rows:
+            rows, grew_at = now_rows, time.monotonic()
+            user, system = server.cpu_seconds()
+    return rows, grew_at - start, user, system
 
 
 def main() -> int:
     parser = arg_parser(__doc__.splitlines()[0], rounds=1)
     parser.add_argument("--seconds", type=int, default=10, help="perfdhcp run per point (default 10)")
     parser.add_argument("--rates", default="1000,2000,4000,6000,8000,10000", help="DISCOVERs per second")
-    parser.add_argument("--servers", default="bramble,kea,dnsmasq")
-    parser.add_argument("--profile-bramble", type=Path, help="write a cProfile of each Bramble point here")
+    parser.add_argument(
+        "--servers", default=",".join(SERVER_KINDS), help=f"comma-separated, of {', '.join(SERVER_KINDS)}"
+    )
+    parser.add_argument(
+        "--profile-bramble",
+        type=Path,
+        help="cProfile each bramble and bramble-lib point: PATH's stem gets -<kind>-<rate> added",
+    )
     args = parser.parse_args()
     install_signal_cleanup()
     if os.geteuid() != 0:
@@ -278,6 +398,12 @@ def main() -> int:
         print("needs perfdhcp (Debian package kea-admin)", file=sys.stderr)
         return 2
     names = [n for n in args.servers.split(",") if n]
+    unknown = sorted(set(names) - set(SERVER_KINDS))
+    if unknown or not names:
+        print(
+            f"--servers: unknown {', '.join(unknown) or '(none given)'}; use {', '.join(SERVER_KINDS)}", file=sys.stderr
+        )
+        return 2
     for name, binary in (("kea", "kea-dhcp4"), ("dnsmasq", "dnsmasq")):
         if name in names and shutil.which(binary) is None:
             print(f"note: {binary} not found; {name} skipped")
@@ -298,16 +424,26 @@ def main() -> int:
                     points.setdefault((name, rate), []).append(point)
                     if note:
                         notes.append(f"{name} @ {rate}/s: {note}")
-                    print(
-                        f"  {name:8s} {rate:6d}/s: DISCOVER {point.sent_discover} OFFER {point.offers} "
-                        f"REQUEST {point.sent_request} ACK {point.acks} server CPU {point.server_cpu:.2f} s "
-                        f"({point.server_sys:.2f} s kernel)" + ("  zero drops" if point.zero_drop else ""),
-                        flush=True,
-                    )
+                    print(point_line(point), flush=True)
     report(names, rates, points, args.seconds)
     for note in notes:
         print(f"note: {note}")
     return 0
+
+
+def point_line(point: Point) -> str:
+    line = (
+        f"  {point.server:11s} {point.rate:6d}/s: DISCOVER {point.sent_discover} OFFER {point.offers} "
+        f"REQUEST {point.sent_request} ACK {point.acks} server CPU {point.server_cpu:.2f} s "
+        f"({point.server_sys:.2f} s kernel)" + ("  zero drops" if point.zero_drop else "")
+    )
+    if point.server == "bramble":
+        rows = "?" if point.audit_rows is None else str(point.audit_rows)
+        per_dora = f" = {point.audit_rows / point.acks:.2f}/DORA" if point.audit_rows is not None and point.acks else ""
+        line += f"; audit rows {rows}{per_dora}, caught up {point.audit_catchup:.1f} s after perfdhcp"
+        if point.audit_note:
+            line += f" ({point.audit_note})"
+    return line
 
 
 def report(names: list[str], rates: list[int], points: dict[tuple[str, int], list[Point]], seconds: int) -> None:
@@ -336,23 +472,48 @@ def report(names: list[str], rates: list[int], points: dict[tuple[str, int], lis
         ["rate/s", "server", "ACK/s", "drop D-O", "drop R-A", "CPU us/DORA", "zero drops"],
         rows,
     )
-    bramble = best.get("bramble", 0)
     lowest = rates[0]
+    ours = [n for n in ("bramble", "bramble-lib") if n in names]
     summary: list[list[object]] = []
     for name in names:
-        anchor = best.get(name, 0)
-        ratio = f"{bramble / anchor:.2f}x" if name != "bramble" and anchor else ""
         cpu = cpu_per_dora_by.get((name, lowest), float("nan"))
-        cpu_ratio = ""
-        if name != "bramble" and cpu == cpu and cpu_per_dora_by.get(("bramble", lowest)):
-            cpu_ratio = f"{cpu / cpu_per_dora_by['bramble', lowest]:.2f}x"
-        summary.append([name, anchor, ratio, f"{cpu:.0f}", cpu_ratio])
+        row: list[object] = [name, best.get(name, 0), f"{cpu:.0f}"]
+        for mine in ours:
+            row += [rate_ratio(best, mine, name), cpu_ratio(cpu_per_dora_by, mine, name, lowest)]
+        summary.append(row)
+    headers = ["server", "zero-drop rate/s", f"CPU us/DORA @{lowest}"]
+    for mine in ours:
+        headers += [f"{mine}/this rate", f"this/{mine} CPU"]
     print_table(
-        f"Highest zero-drop rate (Bramble/anchor, target >= 1.00x Kea); CPU per DORA at {lowest}/s "
-        "(anchor/Bramble: above 1 means Bramble needs less)",
-        ["server", "zero-drop rate/s", "Bramble/anchor", f"CPU us/DORA @{lowest}", "anchor/Bramble CPU"],
+        f"Highest zero-drop rate and CPU per DORA at {lowest}/s (rate ratio above 1 and CPU ratio above 1: "
+        "Bramble is faster / needs less CPU)",
+        headers,
         summary,
     )
+    labels = {"bramble": "bramble (brambled boot role, audit log on)", "bramble-lib": "bramble-lib (DhcpServer alone)"}
+    for mine in ours:
+        for anchor in ("kea", "dnsmasq"):
+            if anchor in names:
+                print(
+                    f"{labels[mine]} vs {anchor}: zero-drop rate {rate_ratio(best, mine, anchor) or 'n/a'} "
+                    f"(target >= 1.00x Kea), CPU per DORA {anchor}/{mine} "
+                    f"{cpu_ratio(cpu_per_dora_by, mine, anchor, lowest) or 'n/a'} at {lowest}/s"
+                )
+
+
+def rate_ratio(best: dict[str, int], mine: str, anchor: str) -> str:
+    """``mine``'s highest zero-drop rate as a multiple of ``anchor``'s ('' if either has none)."""
+    if mine == anchor or not best.get(anchor) or mine not in best:
+        return ""
+    return f"{best[mine] / best[anchor]:.2f}x"
+
+
+def cpu_ratio(cpu_by: dict[tuple[str, int], float], mine: str, anchor: str, rate: int) -> str:
+    """``anchor``'s CPU per DORA over ``mine``'s (above 1: ours needs less)."""
+    ours, theirs = cpu_by.get((mine, rate)), cpu_by.get((anchor, rate))
+    if mine == anchor or not ours or theirs is None or ours != ours or theirs != theirs:
+        return ""
+    return f"{theirs / ours:.2f}x"
 
 
 if __name__ == "__main__":
