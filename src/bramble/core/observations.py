@@ -4,15 +4,22 @@ A DHCP server answers thousands of packets a second; one write transaction per p
 database the bottleneck and stall the packet path. Observations are queued from plain callbacks and
 flushed in one transaction every ``flush_seconds`` or ``batch`` rows. If the queue overflows (the
 database is far behind), further observations are counted and dropped rather than blocking boots.
+
+The flush shares the packet path's CPU (one event loop), so on SQLite it hands SQLite one prepared
+statement and plain tuples (``executemany``) instead of going through the ORM's per-row bind
+processing, which cost ~40 µs per row against ~8 µs this way. The values are the ones the ORM would
+store (UTC time as SQLAlchemy's SQLite text form, details as JSON text), and a test reads them back
+through the ORM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert
@@ -23,7 +30,26 @@ from bramble.db.session import Database
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+# The columns an observation fills; the rest of the row (request/operation ids, before) stays NULL.
+_SQLITE_INSERT = (
+    "INSERT INTO events (time, actor, action, target, outcome, message, after) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_to_json = json.JSONEncoder(separators=(", ", ": ")).encode  # SQLAlchemy's JSON column uses json.dumps
+
+
+def _utc(value: datetime) -> datetime:
+    """Observation times are UTC; a naive one is taken as UTC rather than failing a whole batch."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def _sqlite_time(value: datetime) -> str:
+    """The text SQLAlchemy's SQLite DATETIME stores for ``UtcDateTime`` (naive UTC, microseconds)."""
+    return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+@dataclass(slots=True)
 class Observation:
     actor: str
     action: str
@@ -72,21 +98,39 @@ class ObservationLog:
             rows, self._pending = self._pending[: self._batch], self._pending[self._batch :]
             try:
                 async with self._db.write() as session:
-                    await session.execute(
-                        insert(EventRow),
-                        [
-                            {
-                                "time": o.time,
-                                "actor": o.actor,
-                                "action": o.action,
-                                "target": o.target,
-                                "outcome": o.outcome,
-                                "message": o.message,
-                                "after": o.details,
-                            }
-                            for o in rows
-                        ],
-                    )
+                    if self._db.is_sqlite:
+                        connection = await session.connection()
+                        await connection.exec_driver_sql(
+                            _SQLITE_INSERT,
+                            [
+                                (
+                                    _sqlite_time(o.time),
+                                    o.actor,
+                                    o.action,
+                                    o.target,
+                                    o.outcome,
+                                    o.message,
+                                    _to_json(o.details),
+                                )
+                                for o in rows
+                            ],
+                        )
+                    else:
+                        await session.execute(
+                            insert(EventRow.__table__),
+                            [
+                                {
+                                    "time": _utc(o.time),
+                                    "actor": o.actor,
+                                    "action": o.action,
+                                    "target": o.target,
+                                    "outcome": o.outcome,
+                                    "message": o.message,
+                                    "after": o.details,
+                                }
+                                for o in rows
+                            ],
+                        )
                 self.stats["written"] += len(rows)
             except Exception:  # the audit writer must outlive a database hiccup
                 self.stats["write_failures"] += 1

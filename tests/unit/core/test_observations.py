@@ -45,3 +45,39 @@ async def test_overflow_drops_and_counts_instead_of_blocking(tmp_path: Path) -> 
     async with db.read() as session:
         assert len(await audit.query(session, target="machine/x")) == 10
     await db.dispose()
+
+
+async def test_batched_rows_are_stored_exactly_as_the_orm_stores_them(tmp_path: Path) -> None:
+    """The SQLite fast path writes the same text for time and details as an ORM insert, so time
+    ranges, ordering and JSON read back the same for both kinds of rows."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy import text
+
+    from bramble.db.models import EventRow
+
+    db = await _db(tmp_path)
+    at = datetime(2026, 11, 21, 8, 0, 0, 123456, tzinfo=UTC)
+    details = {"mac": "02:00:00:00:00:01", "ipxe": False, "user_class": ["iPXE"], "note": 'ü "q"'}
+    async with db.write() as session:
+        session.add(EventRow(time=at, actor="boot", action="boot.dhcp", target="orm", outcome="ok",
+                             message="m", after=details))  # fmt: skip
+    log = ObservationLog(db)
+    other_zone = timezone(timedelta(hours=2))
+    log.observe(Observation("boot", "boot.dhcp", "fast", "m", "ok", details, at.astimezone(other_zone)))
+    log.observe(Observation("boot", "boot.dhcp", "fast-none", "m"))
+    log.observe(Observation("boot", "boot.dhcp", "naive", "m", time=at.replace(tzinfo=None)))  # taken as UTC
+    await log.flush()
+    assert log.stats["write_failures"] == 0
+    async with db.read() as session:
+        raw = {
+            row.target: (row.time, row.after)
+            for row in (await session.execute(text("SELECT target, time, after FROM events"))).all()
+        }
+        assert raw["fast"] == raw["orm"] and raw["naive"][0] == raw["orm"][0]
+        assert raw["fast-none"][1] == "null"  # what the ORM's JSON column stores for None
+        window = await audit.query(session, since=at - timedelta(microseconds=1), until=at + timedelta(microseconds=1))
+    assert sorted(r.target for r in window) == ["fast", "naive", "orm"]
+    assert all(r.time == at for r in window)
+    assert [r.after for r in window if r.target != "naive"] == [details, details]
+    await db.dispose()

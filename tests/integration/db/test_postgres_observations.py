@@ -1,0 +1,33 @@
+"""Boot observations reach the audit log on PostgreSQL too (it keeps the ORM's insert path)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bramble.audit import store as audit
+from bramble.core.observations import Observation, ObservationLog
+from bramble.db.migrate import upgrade
+from bramble.db.session import Database
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_observations_are_written_and_read_back_on_postgres(postgres_url: str) -> None:
+    db = Database.connect(postgres_url)
+    await upgrade(db)
+    at = datetime(2026, 11, 21, 8, 0, 0, 123456, tzinfo=UTC)
+    log = ObservationLog(db)
+    details = {"mac": "02:00:00:00:00:01", "user_class": ["iPXE"]}
+    log.observe(Observation("boot", "boot.dhcp", "machine/pg-obs", "DISCOVER", "ok", details, at))
+    log.observe(Observation("boot", "boot.dhcp", "machine/pg-obs", "naive", time=at.replace(tzinfo=None)))
+    await log.flush()
+    assert log.stats["written"] == 2 and log.stats["write_failures"] == 0
+    async with db.read() as session:
+        rows = await audit.query(
+            session, target="machine/pg-obs", since=at - timedelta(seconds=1), until=at + timedelta(seconds=1)
+        )
+    assert [(r.time, r.message) for r in rows] == [(at, "DISCOVER"), (at, "naive")]
+    assert rows[0].after == details
+    await db.dispose()
