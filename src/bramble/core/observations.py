@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 
 from bramble.db.models import EventRow, utcnow
 from bramble.db.session import Database
 
 log = logging.getLogger(__name__)
+
+_EVENTS: Table = EventRow.__table__  # type: ignore[assignment]  # a Table, typed as FromClause
 
 
 # The columns an observation fills; the rest of the row (request/operation ids, before) stays NULL.
@@ -117,7 +119,7 @@ class ObservationLog:
                         )
                     else:
                         await session.execute(
-                            insert(EventRow.__table__),
+                            insert(_EVENTS),
                             [
                                 {
                                     "time": _utc(o.time),
