@@ -215,9 +215,12 @@ class Decision:
     options_wire: bytes | None = field(default=None, repr=False, compare=False)
 
 
-@dataclass(slots=True)
+@dataclass
 class DhcpEvent:
-    """One exchange, with what users ask about later (the boot role turns it into an audit event)."""
+    """One exchange, with what users ask about later (the boot role turns it into an audit event).
+
+    Not a slots class: the server builds one per packet by assigning ``__dict__`` (see ``_datagram``).
+    """
 
     mac: str
     message_type: str
@@ -711,29 +714,31 @@ class _Endpoint:
             outcome = self._send(decision, target, transport_index) or outcome
         if self._on_event is None and not log.isEnabledFor(logging.DEBUG):
             return
-        try:
-            mtype = _MESSAGE_NAMES.get(request.message_type or 0, "BOOTP")
-        except DhcpDecodeError:
-            mtype = "?"
-        event = DhcpEvent(
-            mac=request.mac,
-            message_type=mtype,
-            outcome=outcome,
-            yiaddr=None if decision.yiaddr is None else _dotted(decision.yiaddr),
-            client=(addr[0], addr[1]),
-            giaddr=None if data[24:28] == _ZERO_BYTES else socket.inet_ntoa(data[24:28]),  # the request's bytes
-            xid=request.xid,
-            reason=decision.reason,
-            interface=self.interface,
-            mode=self.mode,
-            port=local_port,
-            arch=client.arch_name,
-            vendor_class=client.vendor_class,
-            user_class=client.user_class,
-            ipxe=client.is_ipxe,
-            boot_file=decision.boot_file,
-            hostname=request.hostname,
-        )
+        raw_type = request.options.get(OPT_MESSAGE_TYPE)
+        mtype = "BOOTP" if raw_type is None else _MESSAGE_NAMES.get(raw_type[0], "?") if len(raw_type) == 1 else "?"
+        yiaddr = decision.yiaddr
+        hostname = request.options.get(OPT_HOSTNAME)
+        # Built without the dataclass __init__ (17 keyword arguments, once per packet): same fields.
+        event = object.__new__(DhcpEvent)
+        event.__dict__ = {
+            "mac": client.mac,
+            "message_type": mtype,
+            "outcome": outcome,
+            "yiaddr": None if yiaddr is None else _dotted(yiaddr),
+            "client": (addr[0], addr[1]),
+            "giaddr": None if data[24:28] == _ZERO_BYTES else socket.inet_ntoa(data[24:28]),  # the request's bytes
+            "xid": request.xid,
+            "reason": decision.reason,
+            "interface": self.interface,
+            "mode": self.mode,
+            "port": local_port,
+            "arch": client.arch_name,
+            "vendor_class": client.vendor_class,
+            "user_class": client.user_class,
+            "ipxe": client.is_ipxe,
+            "boot_file": decision.boot_file,
+            "hostname": None if hostname is None else hostname.decode("utf-8", "replace"),
+        }
         log.debug("dhcp: %s", event)
         if self._on_event is not None:
             try:

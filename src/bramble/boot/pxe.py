@@ -85,7 +85,19 @@ class PxeClient:
     def from_request(cls, request: DhcpPacket) -> PxeClient:
         options = request.options
         if options.keys().isdisjoint(_CLIENT_OPTIONS):  # most clients: nothing to read
-            return cls(request.mac, None, None, None, (), False, False, None)
+            # Once per packet: skip the frozen dataclass's per-field object.__setattr__ (same fields).
+            plain = object.__new__(cls)
+            plain.__dict__.update(
+                mac=request.chaddr[: request.hlen].hex(":"),
+                arch=None,
+                arch_name=None,
+                vendor_class=None,
+                user_class=(),
+                is_ipxe=False,
+                is_http_client=False,
+                uuid=None,
+            )
+            return plain
         try:
             arch = request.client_arch
         except DhcpDecodeError:

@@ -113,3 +113,25 @@ async def test_receive_buffer_holds_a_scheduling_hiccup(relay: socket.socket) ->
         assert size >= 2 * (dhcp._RECEIVE_BUFFER if os.geteuid() == 0 else min(rmem_max, dhcp._RECEIVE_BUFFER))
     finally:
         await server.close()
+
+
+async def test_each_packet_event_has_every_dhcpevent_field(relay: socket.socket) -> None:
+    """Events are built by assigning ``__dict__`` on the packet path: they must still be complete
+    DhcpEvents, equal to one built with the constructor."""
+    from dataclasses import fields
+
+    events: list[DhcpEvent] = []
+    server = await _server(relay, events)
+    try:
+        relay.sendto(
+            _packet(7, DHCPDISCOVER, o12=b"kiosk", o60=b"PXEClient:Arch:00000:UNDI:002001", o93=b"\0\0"),
+            ("127.0.0.1", server.port),
+        )
+        await _wait_for(lambda: bool(events), "the DISCOVER event")
+    finally:
+        await server.close()
+    event = events[0]
+    assert set(vars(event)) == {f.name for f in fields(DhcpEvent)}
+    assert event == DhcpEvent(**vars(event))
+    assert (event.message_type, event.outcome, event.hostname, event.arch) == ("DISCOVER", "offered", "kiosk", "bios")
+    assert event.mac == "02:00:00:00:00:07" and event.yiaddr is not None and event.giaddr == "127.0.0.1"

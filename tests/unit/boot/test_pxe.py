@@ -43,6 +43,16 @@ def test_client_from_firmware_request() -> None:
     assert client.is_pxe and client.is_pxe_vendor and not client.is_ipxe and not client.is_http_client
 
 
+def test_a_plain_client_is_the_same_record_as_one_built_normally() -> None:
+    """The no-PXE-options fast path builds the same (equal, hashable, frozen) record."""
+    client = PxeClient.from_request(request(o55=bytes((1, 3, 6))))
+    assert client == PxeClient(MAC_TEXT, None, None, None, (), False, False, None)
+    assert hash(client) == hash(PxeClient(MAC_TEXT, None, None, None, (), False, False, None))
+    assert not client.is_pxe
+    with pytest.raises(AttributeError):
+        client.mac = "x"  # type: ignore[misc]
+
+
 def test_ipxe_is_recognised_by_user_class_or_option_175() -> None:
     assert PxeClient.from_request(request(o77=b"iPXE")).is_ipxe
     assert PxeClient.from_request(request(o77=b"\x04iPXE")).is_ipxe  # RFC 3004 form
