@@ -239,8 +239,11 @@ async def start_boot_role(settings: Settings, db: Database, inventory: Inventory
     actor = f"boot:{settings.node_name or socket.gethostname()}"
 
     def observe(seen: BootObservation) -> None:
+        details = seen.details or None
         observations.observe(
-            Observation(actor, seen.action, seen.target, seen.message, seen.outcome, seen.details or None)
+            Observation(actor, seen.action, seen.target, seen.message, seen.outcome, details)
+            if seen.time is None
+            else Observation(actor, seen.action, seen.target, seen.message, seen.outcome, details, seen.time)
         )
 
     role = BootRole(settings, inventory, observe)

@@ -41,6 +41,10 @@ _CHAINLOAD_WINDOW_SECONDS = 120.0
 _SCHEDULE_TICK_SECONDS = 20.0
 # Hand edits of a machine's ip reach the DHCP server within this long (the inventory reloads each second).
 _RESERVATION_SYNC_SECONDS = 2.0
+# An OFFER waits this long for the REQUEST of the same exchange, so that a DORA becomes one audit event
+# ("offered X; acked X") instead of two; an OFFER nobody took is recorded alone, with its own time, after it.
+_OFFER_HOLD_SECONDS = 3.0
+_MAX_HELD_OFFERS = 10_000  # a DISCOVER flood without REQUESTs records the oldest held offers early
 
 
 @dataclass(slots=True)
@@ -52,6 +56,16 @@ class BootObservation:
     message: str
     outcome: str = "ok"
     details: dict[str, Any] = field(default_factory=dict)
+    time: datetime | None = None  # when it happened, if not when it is observed (a held DHCP offer)
+
+
+@dataclass(slots=True)
+class _HeldOffer:
+    """A DISCOVER's OFFER waiting for its REQUEST (see ``_OFFER_HOLD_SECONDS``)."""
+
+    held_at: float  # the role's clock
+    time: datetime
+    observation: BootObservation
 
 
 def due_wakes(inventory: MachineInventory, since: datetime, now: datetime) -> list[Machine]:
@@ -75,6 +89,16 @@ class MachineInventory(Protocol):
 
 # DhcpEvent fields recorded only when set (the always-present ones are written out in the handler).
 _OPTIONAL_DHCP_DETAILS = ("yiaddr", "giaddr", "reason", "arch", "vendor_class", "user_class", "boot_file", "hostname")
+
+
+def _with_offer(request: BootObservation, held: _HeldOffer) -> BootObservation:
+    """One event for a whole exchange: the REQUEST's answer, with what the DISCOVER was offered and when."""
+    offer = held.observation
+    details = {**offer.details, **request.details}
+    details["offered"] = offer.details.get("yiaddr")
+    details["offered_at"] = held.time.isoformat()
+    message = offer.message + "; " + request.message.replace(" from " + str(request.details.get("mac")), "", 1)
+    return BootObservation(request.action, request.target, message, request.outcome, details)
 
 
 def _fields(record: Any) -> dict[str, Any]:
@@ -121,6 +145,7 @@ class BootRole:
         self._chainloaded: dict[str, float] = {}  # mac -> when it was handed a loader
         self._discovering: set[str] = set()
         self._started: list[Any] = []
+        self._held_offers: dict[tuple[str, int], _HeldOffer] = {}  # (mac, xid) -> the exchange's OFFER
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -152,6 +177,7 @@ class BootRole:
             raise
         self._spawn(self._schedule_loop())
         self._spawn(self._reservation_loop())
+        self._spawn(self._held_offer_loop())
         log.info(
             "boot role up: %s; files %s; inventory %s",
             ", ".join(f"{link.settings.name} ({link.settings.mode}, {link.address})" for link in self._links)
@@ -161,6 +187,7 @@ class BootRole:
         )
 
     async def close(self) -> None:
+        self.release_held_offers(None)  # an exchange cut short by shutdown is still recorded
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -398,14 +425,52 @@ class BootRole:
             if event.reason:
                 text += f" ({event.reason})"
             failed = outcome in ("nacked", "exhausted", "unsent")
-            try:
-                self._observe(
-                    BootObservation("boot.dhcp", self._target(mac=mac), text, "failed" if failed else "ok", details)
-                )
-            except Exception:
-                log.exception("could not record boot.dhcp for %s", mac)
+            seen = BootObservation("boot.dhcp", self._target(mac=mac), text, "failed" if failed else "ok", details)
+            held_offers = self._held_offers
+            if event.message_type == "DISCOVER" and outcome == "offered":
+                self._hold_offer((mac, event.xid), seen)
+                return
+            if held_offers and event.message_type == "REQUEST":
+                held = held_offers.pop((mac, event.xid), None)
+                if held is not None:
+                    seen = _with_offer(seen, held)
+            self._record(seen)
 
         return on_event
+
+    def _record(self, seen: BootObservation) -> None:
+        try:
+            self._observe(seen)
+        except Exception:
+            log.exception("could not record %s for %s", seen.action, seen.target)
+
+    def _hold_offer(self, key: tuple[str, int], seen: BootObservation) -> None:
+        held_offers = self._held_offers
+        earlier = held_offers.pop(key, None)  # a retransmitted DISCOVER: the first OFFER stands alone
+        if earlier is not None:
+            self._record_alone(earlier)
+        if len(held_offers) >= _MAX_HELD_OFFERS:
+            self._record_alone(held_offers.pop(next(iter(held_offers))))
+        held_offers[key] = _HeldOffer(self._now(), datetime.now(UTC), seen)
+
+    def _record_alone(self, held: _HeldOffer) -> None:
+        held.observation.time = held.time
+        self._record(held.observation)
+
+    def release_held_offers(self, older_than: float | None = _OFFER_HOLD_SECONDS) -> None:
+        """Record the OFFERs whose REQUEST did not come within ``older_than`` seconds (None: all)."""
+        cutoff = None if older_than is None else self._now() - older_than
+        held_offers = self._held_offers
+        while held_offers:
+            key = next(iter(held_offers))  # held in arrival order
+            if cutoff is not None and held_offers[key].held_at > cutoff:
+                break
+            self._record_alone(held_offers.pop(key))
+
+    async def _held_offer_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_OFFER_HOLD_SECONDS / 3)
+            self.release_held_offers()
 
     def _on_tftp(self, event: TftpEvent) -> None:
         details = {k: v for k, v in _fields(event).items() if v not in (None, "", ())}

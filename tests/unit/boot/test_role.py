@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bramble.boot.inventory import Inventory
 from bramble.boot.pxe import PxeClient, PxePolicy
@@ -101,4 +104,56 @@ def test_a_network_booting_client_makes_the_link_advertise_ipv6_at_once(tmp_path
     on_event(DhcpEvent(message_type="DISCOVER", **base))  # type: ignore[arg-type]  # not booting: no nudge
     on_event(DhcpEvent(message_type="REQUEST", ipxe=True, **base))  # type: ignore[arg-type]
     assert ra.nudges == 1
-    assert [o.action for o in seen] == ["boot.dhcp"] * 3
+    # the first OFFER stands alone (its DISCOVER was sent again); the second joins the REQUEST's event
+    assert [o.action for o in seen] == ["boot.dhcp"] * 2
+
+
+def _dhcp(message_type: str, outcome: str, xid: int = 7, **extra: object) -> Any:
+    from bramble.boot.dhcp import DhcpEvent
+
+    fields = {"mac": MAC, "yiaddr": "10.99.0.100", "client": ("10.99.0.1", 67), "giaddr": "10.99.0.1", "xid": xid}
+    return DhcpEvent(message_type=message_type, outcome=outcome, **{**fields, **extra})  # type: ignore[arg-type]
+
+
+def test_a_whole_dhcp_exchange_is_one_audit_event(tmp_path: Path) -> None:
+    clock = [100.0]
+    role, _, seen = _role(tmp_path, clock)
+    on_event = role._dhcp_event_handler("br0")
+    on_event(_dhcp("DISCOVER", "offered", arch="bios"))
+    assert seen == []  # held for its REQUEST
+    on_event(_dhcp("REQUEST", "acked", boot_file="undionly.kpxe"))
+    [event] = seen
+    assert event.message == (
+        f"DISCOVER from {MAC}: offered 10.99.0.100; REQUEST: acked 10.99.0.100 boot file undionly.kpxe"
+    )
+    assert event.details["offered"] == "10.99.0.100" and event.details["message_type"] == "REQUEST"
+    assert event.details["arch"] == "bios" and event.details["boot_file"] == "undionly.kpxe"
+    assert datetime.fromisoformat(event.details["offered_at"]).tzinfo is not None
+    assert event.time is None and role._held_offers == {}
+
+
+def test_an_offer_nobody_requests_is_recorded_alone_with_its_own_time(tmp_path: Path) -> None:
+    clock = [100.0]
+    role, _, seen = _role(tmp_path, clock)
+    on_event = role._dhcp_event_handler("br0")
+    before = datetime.now(UTC)
+    on_event(_dhcp("DISCOVER", "offered", xid=1))
+    on_event(_dhcp("DISCOVER", "exhausted", xid=2, yiaddr=None))  # nothing offered: recorded at once
+    on_event(_dhcp("REQUEST", "acked", xid=3))  # another exchange: does not take xid 1's offer
+    assert [e.details["xid"] for e in seen] == [2, 3]
+    clock[0] += 1
+    role.release_held_offers()
+    assert len(seen) == 2  # still within the hold time
+    clock[0] += 3
+    role.release_held_offers()
+    offer = seen[-1]
+    assert offer.message == f"DISCOVER from {MAC}: offered 10.99.0.100" and offer.details["xid"] == 1
+    assert offer.time is not None and before <= offer.time <= datetime.now(UTC)
+
+
+@pytest.mark.anyio
+async def test_held_offers_are_recorded_when_the_role_closes(tmp_path: Path) -> None:
+    role, _, seen = _role(tmp_path, [0.0])
+    role._dhcp_event_handler("br0")(_dhcp("DISCOVER", "offered"))
+    await role.close()
+    assert [e.details["outcome"] for e in seen] == ["offered"]
