@@ -9,7 +9,13 @@ perfdhcp runs ``--exchanges`` slow DORAs (valgrind makes a server ~50x slower). 
 = (busy - idle) / completed DORAs, so start-up and shutdown cancel out. Kernel work (sockets, the lease
 file write) is not counted, for either server.
 
-    .venv/bin/python bench/dhcp_instructions.py [--exchanges 400] [--rate 25] [--servers bramble,kea]
+The server kinds are ``dhcp_rate.py``'s: ``bramble`` is the real ``brambled`` boot role (boot chooser and
+SQLite audit log included; it starts in about 1.5 min under callgrind, since it imports and migrates a
+lot, and its audit writer thread is counted too), ``bramble-lib`` the bare ``DhcpServer`` script, ``kea``
+and ``dnsmasq`` the anchors.
+
+    .venv/bin/python bench/dhcp_instructions.py [--exchanges 400] [--rate 25]
+        [--servers bramble,bramble-lib,kea]
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from pathlib import Path
 
 from _common import install_signal_cleanup, print_table
-from dhcp_rate import Server, parse_perfdhcp, veth_namespaces
+from dhcp_rate import SERVER_KINDS, Server, parse_perfdhcp, veth_namespaces
 
 
 def instructions(name: str, namespaces: tuple[str, str], exchanges: int, rate: int) -> tuple[int, int]:
@@ -58,7 +64,7 @@ def instructions(name: str, namespaces: tuple[str, str], exchanges: int, rate: i
             time.sleep(0.2)
         match = re.search(r"^summary: (\d+)", out.read_text(), re.M) if out.exists() else None
         if match is None:
-            sys.exit(f"{name}: callgrind wrote no summary ({(work / 'stderr').read_text()[-1500:]})")
+            sys.exit(f"{name}: callgrind wrote no summary ({server.log_tail(1500)})")
         return int(match.group(1)), acks
 
 
@@ -66,26 +72,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--exchanges", type=int, default=400, help="DORAs perfdhcp starts (default 400)")
     parser.add_argument("--rate", type=int, default=25, help="DISCOVERs per second (default 25)")
-    parser.add_argument("--servers", default="bramble,kea")
+    parser.add_argument("--servers", default="bramble,bramble-lib,kea", help=f"of {', '.join(SERVER_KINDS)}")
     args = parser.parse_args()
+    names = [n for n in args.servers.split(",") if n]
+    unknown = sorted(set(names) - set(SERVER_KINDS))
+    if unknown or not names:
+        parser.error(f"--servers: unknown {', '.join(unknown) or '(none given)'}; use {', '.join(SERVER_KINDS)}")
     install_signal_cleanup()
-    rows, per_dora = [], {}
+    rows: list[list[str]] = []
+    per_dora: dict[str, float] = {}
     with veth_namespaces() as namespaces:
-        for name in args.servers.split(","):
+        for name in names:
             idle, _ = instructions(name, namespaces, 0, args.rate)
             busy, acks = instructions(name, namespaces, args.exchanges, args.rate)
             per_dora[name] = (busy - idle) / acks if acks else float("nan")
             rows.append([name, f"{acks}", f"{idle:,}", f"{busy:,}", f"{per_dora[name]:,.0f}"])
-    bramble = per_dora.get("bramble")
+    ours = [n for n in ("bramble", "bramble-lib") if n in per_dora]
     for row in rows:
-        anchor = per_dora[row[0]]
-        row.append(f"{anchor / bramble:.2f}x" if bramble and row[0] != "bramble" else "")
+        for mine in ours:
+            theirs, reference = per_dora[row[0]], per_dora[mine]
+            usable = row[0] != mine and reference == reference and reference > 0 and theirs == theirs
+            row.append(f"{theirs / reference:.2f}x" if usable else "")
     print_table(
         f"User-space instructions per completed DORA (callgrind; {args.exchanges} exchanges at {args.rate}/s)",
-        ["server", "DORAs", "idle run", "busy run", "instr/DORA", "anchor/Bramble"],
+        ["server", "DORAs", "idle run", "busy run", "instr/DORA", *(f"this/{mine}" for mine in ours)],
         rows,
     )
-    print("anchor/Bramble above 1.00x: the anchor needs more instructions per exchange than Bramble.")
+    print(
+        "this/bramble above 1.00x: that server needs more instructions per exchange than the brambled boot role "
+        "(bramble); this/bramble-lib: the same against the bare DhcpServer."
+    )
 
 
 if __name__ == "__main__":
