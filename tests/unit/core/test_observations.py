@@ -81,3 +81,30 @@ async def test_batched_rows_are_stored_exactly_as_the_orm_stores_them(tmp_path: 
     assert all(r.time == at for r in window)
     assert [r.after for r in window if r.target != "naive"] == [details, details]
     await db.dispose()
+
+
+async def test_a_flush_writes_what_was_queued_not_what_arrives_meanwhile(tmp_path: Path) -> None:
+    """Under steady traffic rows arrive during every transaction; a flush that chased them never ended
+    (and the writer turned into back-to-back one-row transactions)."""
+    import anyio
+
+    db = await _db(tmp_path)
+    log = ObservationLog(db, batch=2)
+    write = log._write
+    transactions: list[int] = []
+
+    async def rows_arrive_during_the_transaction(rows: list[Observation]) -> bool:
+        transactions.append(len(rows))
+        log.observe(Observation("boot", "boot.dhcp", "machine/x", "arrived meanwhile"))
+        return await write(rows)
+
+    log._write = rows_arrive_during_the_transaction  # type: ignore[method-assign]
+    for i in range(5):
+        log.observe(Observation("boot", "boot.dhcp", "machine/x", str(i)))
+    with anyio.fail_after(10):
+        await log.flush()
+    assert transactions == [2, 2, 1] and len(log._pending) == 3
+    log._write = write  # type: ignore[method-assign]
+    await log.close()
+    assert log.stats["written"] == 8
+    await db.dispose()
