@@ -5,6 +5,11 @@ database the bottleneck and stall the packet path. Observations are queued from 
 flushed in one transaction every ``flush_seconds`` or ``batch`` rows. If the queue overflows (the
 database is far behind), further observations are counted and dropped rather than blocking boots.
 
+During a storm (observations arriving faster than ``storm_rate`` a second, e.g. a rack powering on at
+once) the writer holds its batches, so the packet path has the CPU while clients wait for answers;
+it writes when the storm passes, after ``storm_delay_seconds`` at the latest, or once
+``storm_backlog`` rows are queued, whichever comes first.
+
 The flush shares the packet path's CPU (one event loop), so on SQLite it hands SQLite one prepared
 statement and plain tuples (``executemany``) instead of going through the ORM's per-row bind
 processing, which cost ~40 µs per row against ~8 µs this way. The values are the ones the ORM would
@@ -18,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -66,17 +72,27 @@ class ObservationLog:
     """Queue observations from synchronous callbacks; a background task writes them in batches."""
 
     def __init__(
-        self, db: Database, *, flush_seconds: float = 0.2, batch: int = 1000, max_queued: int = 100_000
+        self,
+        db: Database,
+        *,
+        flush_seconds: float = 0.2,
+        batch: int = 1000,
+        max_queued: int = 100_000,
+        storm_rate: float = 500.0,
+        storm_backlog: int = 20_000,
+        storm_delay_seconds: float = 10.0,
     ) -> None:
         self._db = db
         self._flush_seconds = flush_seconds
         self._batch = batch
         self._max_queued = max_queued
+        self._storm_rate, self._storm_backlog, self._storm_delay = storm_rate, storm_backlog, storm_delay_seconds
         self._pending: list[Observation] = []
+        self._pending_since = 0.0  # when the oldest queued observation arrived (monotonic)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.stats = {"observed": 0, "written": 0, "dropped": 0, "write_failures": 0}
+        self.stats = {"observed": 0, "written": 0, "dropped": 0, "write_failures": 0, "storm_holds": 0}
 
     def observe(self, observation: Observation) -> None:
         """Never blocks and never raises: the packet path must not wait for the database."""
@@ -86,13 +102,19 @@ class ObservationLog:
                 log.warning("audit log is behind: %d observations dropped so far", self.stats["dropped"])
             return
         self.stats["observed"] += 1
-        self._pending.append(observation)
-        if len(self._pending) >= self._batch:
+        pending = self._pending
+        if not pending:
+            self._pending_since = time.monotonic()
+        pending.append(observation)
+        queued = len(pending)
+        if queued == self._batch or queued >= self._storm_backlog:
             self._wake.set()
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="observation-log")
+            self._task = asyncio.create_task(
+                self._run(self.stats["observed"], time.monotonic()), name="observation-log"
+            )
 
     async def flush(self) -> None:
         """Write what is queued now, in ``batch``-row transactions (tests and shutdown use this).
@@ -160,9 +182,25 @@ class ObservationLog:
             self._task = None
         await self.flush()
 
-    async def _run(self) -> None:
+    async def _run(self, counted: int, counted_at: float) -> None:
+        """``counted`` observations had arrived at ``counted_at`` (when ``start`` ran)."""
         while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._flush_seconds)
             self._wake.clear()
+            now = time.monotonic()
+            observed = self.stats["observed"]
+            rate = (observed - counted) / max(now - counted_at, 1e-3)
+            counted, counted_at = observed, now
+            if self._storm_holds(rate, now):
+                continue
             await self.flush()
+
+    def _storm_holds(self, rate: float, now: float) -> bool:
+        """Hold the queued rows while observations arrive faster than ``storm_rate`` (see the module)."""
+        if not self._pending or rate < self._storm_rate:
+            return False
+        if len(self._pending) >= self._storm_backlog or now - self._pending_since >= self._storm_delay:
+            return False
+        self.stats["storm_holds"] += 1
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ async def test_overflow_drops_and_counts_instead_of_blocking(tmp_path: Path) -> 
     log = ObservationLog(db, max_queued=10)
     for i in range(25):
         log.observe(Observation("boot", "boot.dhcp", "machine/x", str(i)))
-    assert log.stats == {"observed": 10, "written": 0, "dropped": 15, "write_failures": 0}
+    assert log.stats == {"observed": 10, "written": 0, "dropped": 15, "write_failures": 0, "storm_holds": 0}
     await log.close()
     async with db.read() as session:
         assert len(await audit.query(session, target="machine/x")) == 10
@@ -107,4 +108,47 @@ async def test_a_flush_writes_what_was_queued_not_what_arrives_meanwhile(tmp_pat
     log._write = write  # type: ignore[method-assign]
     await log.close()
     assert log.stats["written"] == 8
+    await db.dispose()
+
+
+async def _wait_until(condition: Callable[[], bool], what: str, deadline: float = 20.0) -> None:
+    import anyio
+
+    with anyio.fail_after(deadline):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_a_storm_is_written_when_it_passes(tmp_path: Path) -> None:
+    """While observations pour in, nothing is written (the packet path keeps the CPU); afterwards
+    everything is."""
+    import anyio
+
+    db = await _db(tmp_path)
+    log = ObservationLog(db, flush_seconds=0.01, batch=50, storm_rate=10, storm_delay_seconds=60)
+    log.start()
+    for burst in range(30):
+        for i in range(50):
+            log.observe(Observation("boot", "boot.dhcp", "machine/x", f"{burst}.{i}"))
+        await anyio.sleep(0.01)
+        assert log.stats["written"] == 0, f"written during the storm (burst {burst})"
+    assert log.stats["storm_holds"] > 0
+    await _wait_until(lambda: log.stats["written"] == 1500, "the storm's rows written after it")
+    await log.close()
+    await db.dispose()
+
+
+async def test_a_long_storm_is_written_once_the_backlog_is_full(tmp_path: Path) -> None:
+    import anyio
+
+    db = await _db(tmp_path)
+    log = ObservationLog(db, flush_seconds=0.01, batch=50, storm_rate=10, storm_backlog=200, storm_delay_seconds=60)
+    log.start()
+    with anyio.fail_after(20):
+        while log.stats["written"] == 0:  # the storm never ends; the backlog bound makes it write
+            for i in range(50):
+                log.observe(Observation("boot", "boot.dhcp", "machine/x", str(i)))
+            await anyio.sleep(0.01)
+    assert log.stats["storm_holds"] > 0 and log.stats["dropped"] == 0
+    await log.close()
     await db.dispose()
