@@ -37,6 +37,7 @@ from bramble.core.observations import Observation, ObservationLog
 from bramble.core.operations import OperationRunner
 from bramble.core.pools import default_pool_spec
 from bramble.db.migrate import upgrade
+from bramble.db.models import utcnow
 from bramble.db.session import Database
 from bramble.storage.cache import CacheError, ImageCache
 from bramble.storage.driver import StorageDriver
@@ -239,11 +240,17 @@ async def start_boot_role(settings: Settings, db: Database, inventory: Inventory
     actor = f"boot:{settings.node_name or socket.gethostname()}"
 
     def observe(seen: BootObservation) -> None:
-        details = seen.details or None
         observations.observe(
-            Observation(actor, seen.action, seen.target, seen.message, seen.outcome, details)
-            if seen.time is None
-            else Observation(actor, seen.action, seen.target, seen.message, seen.outcome, details, seen.time)
+            Observation(
+                actor,
+                seen.action,
+                seen.target,
+                seen.message,
+                seen.outcome,
+                seen.details or None,
+                seen.time or utcnow(),
+                seen.render,
+            )
         )
 
     role = BootRole(settings, inventory, observe)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +58,16 @@ class BootObservation:
     outcome: str = "ok"
     details: dict[str, Any] = field(default_factory=dict)
     time: datetime | None = None  # when it happened, if not when it is observed (a held DHCP offer)
+    # Makes (message, details) when the audit writer gets to it: a packet path only queues its facts,
+    # and the formatting waits with the write (see bramble.core.observations on storms).
+    render: Callable[[], tuple[str, dict[str, Any]]] | None = None
+
+    def realize(self) -> BootObservation:
+        """Fill ``message`` and ``details`` from ``render`` (once); returns self."""
+        if self.render is not None:
+            self.message, self.details = self.render()
+            self.render = None
+        return self
 
 
 @dataclass(slots=True)
@@ -66,6 +77,7 @@ class _HeldOffer:
     held_at: float  # the role's clock
     time: datetime
     observation: BootObservation
+    event: DhcpEvent
 
 
 def due_wakes(inventory: MachineInventory, since: datetime, now: datetime) -> list[Machine]:
@@ -87,14 +99,33 @@ class MachineInventory(Protocol):
     def wake_times(self, machine: Machine) -> tuple[WakeSchedule, ...]: ...
 
 
-def _with_offer(request: BootObservation, held: _HeldOffer) -> BootObservation:
+_FAILED_DHCP = frozenset(("nacked", "exhausted", "unsent"))
+
+
+def _dhcp_record(event: DhcpEvent, interface: str) -> tuple[str, dict[str, Any]]:
+    """The audit message and details of one DHCP packet."""
+    # Every field that is set (DhcpEvent is a plain dataclass: its __dict__ holds the fields).
+    details = {k: v for k, v in vars(event).items() if v is not None and v != "" and v != ()}
+    details["client"] = f"{event.client[0]}:{event.client[1]}"
+    details["interface"] = interface
+    text = f"{event.message_type} from {event.mac}: {event.outcome}"
+    if event.yiaddr:
+        text += f" {event.yiaddr}"
+    if event.boot_file:
+        text += f" boot file {event.boot_file}"
+    if event.reason:
+        text += f" ({event.reason})"
+    return text, details
+
+
+def _exchange_record(
+    offer: DhcpEvent, offered_at: datetime, request: DhcpEvent, interface: str
+) -> tuple[str, dict[str, Any]]:
     """One event for a whole exchange: the REQUEST's answer, with what the DISCOVER was offered and when."""
-    offer = held.observation
-    details = {**offer.details, **request.details}
-    details["offered"] = offer.details.get("yiaddr")
-    details["offered_at"] = held.time.isoformat()
-    message = offer.message + "; " + request.message.replace(" from " + str(request.details.get("mac")), "", 1)
-    return BootObservation(request.action, request.target, message, request.outcome, details)
+    offer_text, offer_details = _dhcp_record(offer, interface)
+    request_text, request_details = _dhcp_record(request, interface)
+    details = {**offer_details, **request_details, "offered": offer.yiaddr, "offered_at": offered_at.isoformat()}
+    return offer_text + "; " + request_text.replace(f" from {request.mac}", "", 1), details
 
 
 def _fields(record: Any) -> dict[str, Any]:
@@ -384,8 +415,9 @@ class BootRole:
             log.exception("could not record %s for %s", action, target)
 
     def _dhcp_event_handler(self, interface: str) -> Callable[[DhcpEvent], None]:
-        """Runs once per DHCP packet, on the packet path (no ``dataclasses.fields`` walk): at thousands
-        of packets a second this shares a CPU with the server itself."""
+        """Runs once per DHCP packet, on the packet path, which at thousands of packets a second shares
+        a CPU with the server itself: it decides the target and the exchange now and leaves the
+        formatting to the audit writer (``BootObservation.render``)."""
         ip_to_mac = self._ip_to_mac
 
         def on_event(event: DhcpEvent) -> None:
@@ -396,28 +428,21 @@ class BootRole:
             yiaddr, outcome, mac = event.yiaddr, event.outcome, event.mac
             if yiaddr and outcome == "acked":
                 ip_to_mac[yiaddr] = mac
-            client = event.client
-            # Every field that is set (DhcpEvent is a plain dataclass: its __dict__ holds the fields).
-            details = {k: v for k, v in vars(event).items() if v is not None and v != "" and v != ()}
-            details["client"] = f"{client[0]}:{client[1]}"
-            details["interface"] = interface
-            text = f"{event.message_type} from {mac}: {outcome}"
-            if yiaddr:
-                text += f" {yiaddr}"
-            if event.boot_file:
-                text += f" boot file {event.boot_file}"
-            if event.reason:
-                text += f" ({event.reason})"
-            failed = outcome in ("nacked", "exhausted", "unsent")
-            seen = BootObservation("boot.dhcp", self._target(mac=mac), text, "failed" if failed else "ok", details)
+            seen = BootObservation(
+                "boot.dhcp",
+                self._target(mac=mac),
+                "",
+                "failed" if outcome in _FAILED_DHCP else "ok",
+                render=partial(_dhcp_record, event, interface),
+            )
             held_offers = self._held_offers
             if event.message_type == "DISCOVER" and outcome == "offered":
-                self._hold_offer((mac, event.xid), seen)
+                self._hold_offer((mac, event.xid), seen, event)
                 return
             if held_offers and event.message_type == "REQUEST":
                 held = held_offers.pop((mac, event.xid), None)
                 if held is not None:
-                    seen = _with_offer(seen, held)
+                    seen.render = partial(_exchange_record, held.event, held.time, event, interface)
             self._record(seen)
 
         return on_event
@@ -428,14 +453,14 @@ class BootRole:
         except Exception:
             log.exception("could not record %s for %s", seen.action, seen.target)
 
-    def _hold_offer(self, key: tuple[str, int], seen: BootObservation) -> None:
+    def _hold_offer(self, key: tuple[str, int], seen: BootObservation, event: DhcpEvent) -> None:
         held_offers = self._held_offers
         earlier = held_offers.pop(key, None)  # a retransmitted DISCOVER: the first OFFER stands alone
         if earlier is not None:
             self._record_alone(earlier)
         if len(held_offers) >= _MAX_HELD_OFFERS:
             self._record_alone(held_offers.pop(next(iter(held_offers))))
-        held_offers[key] = _HeldOffer(self._now(), datetime.now(UTC), seen)
+        held_offers[key] = _HeldOffer(self._now(), datetime.now(UTC), seen, event)
 
     def _record_alone(self, held: _HeldOffer) -> None:
         held.observation.time = held.time

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -66,6 +67,21 @@ class Observation:
     outcome: str = "ok"
     details: dict[str, Any] | None = None
     time: datetime = field(default_factory=utcnow)
+    # (message, details) made when the row is written: packet paths queue facts, not formatted text.
+    render: Callable[[], tuple[str, dict[str, Any] | None]] | None = None
+
+
+def _realize(observation: Observation) -> Observation:
+    """Fill message and details from ``render``; a failing render still leaves a row saying so."""
+    render = observation.render
+    if render is not None:
+        observation.render = None
+        try:
+            observation.message, observation.details = render()
+        except Exception as exc:  # one bad record must not cost the batch it is in
+            log.exception("could not format an observation for %s", observation.target)
+            observation.message = observation.message or f"({observation.action}: could not format: {exc})"
+    return observation
 
 
 class ObservationLog:
@@ -138,7 +154,7 @@ class ObservationLog:
                         _SQLITE_INSERT,
                         [
                             (
-                                _sqlite_time(o.time),
+                                _sqlite_time(_realize(o).time),  # first: fills message and details
                                 o.actor,
                                 o.action,
                                 o.target,
@@ -154,7 +170,7 @@ class ObservationLog:
                         insert(_EVENTS),
                         [
                             {
-                                "time": _utc(o.time),
+                                "time": _utc(_realize(o).time),
                                 "actor": o.actor,
                                 "action": o.action,
                                 "target": o.target,

@@ -123,6 +123,8 @@ def test_a_whole_dhcp_exchange_is_one_audit_event(tmp_path: Path) -> None:
     assert seen == []  # held for its REQUEST
     on_event(_dhcp("REQUEST", "acked", boot_file="undionly.kpxe"))
     [event] = seen
+    assert event.render is not None and event.message == ""  # formatted when the audit writer writes it
+    event.realize()
     assert event.message == (
         f"DISCOVER from {MAC}: offered 10.99.0.100; REQUEST: acked 10.99.0.100 boot file undionly.kpxe"
     )
@@ -140,13 +142,13 @@ def test_an_offer_nobody_requests_is_recorded_alone_with_its_own_time(tmp_path: 
     on_event(_dhcp("DISCOVER", "offered", xid=1))
     on_event(_dhcp("DISCOVER", "exhausted", xid=2, yiaddr=None))  # nothing offered: recorded at once
     on_event(_dhcp("REQUEST", "acked", xid=3))  # another exchange: does not take xid 1's offer
-    assert [e.details["xid"] for e in seen] == [2, 3]
+    assert [e.realize().details["xid"] for e in seen] == [2, 3]
     clock[0] += 1
     role.release_held_offers()
     assert len(seen) == 2  # still within the hold time
     clock[0] += 3
     role.release_held_offers()
-    offer = seen[-1]
+    offer = seen[-1].realize()
     assert offer.message == f"DISCOVER from {MAC}: offered 10.99.0.100" and offer.details["xid"] == 1
     assert offer.time is not None and before <= offer.time <= datetime.now(UTC)
 
@@ -156,4 +158,4 @@ async def test_held_offers_are_recorded_when_the_role_closes(tmp_path: Path) -> 
     role, _, seen = _role(tmp_path, [0.0])
     role._dhcp_event_handler("br0")(_dhcp("DISCOVER", "offered"))
     await role.close()
-    assert [e.details["outcome"] for e in seen] == ["offered"]
+    assert [e.realize().details["outcome"] for e in seen] == ["offered"]

@@ -152,3 +152,26 @@ async def test_a_long_storm_is_written_once_the_backlog_is_full(tmp_path: Path) 
     assert log.stats["storm_holds"] > 0 and log.stats["dropped"] == 0
     await log.close()
     await db.dispose()
+
+
+async def test_rows_are_formatted_when_written_and_a_failing_format_costs_only_its_row(tmp_path: Path) -> None:
+    db = await _db(tmp_path)
+    log = ObservationLog(db)
+    made: list[int] = []
+
+    def render(i: int) -> tuple[str, dict[str, object] | None]:
+        made.append(i)
+        if i == 1:
+            raise ValueError("broken record")
+        return f"packet {i}", {"i": i}
+
+    for i in range(3):
+        log.observe(Observation("boot", "boot.dhcp", "machine/lazy", "", render=lambda i=i: render(i)))
+    assert made == []  # queued as facts, formatted by the writer
+    await log.flush()
+    assert made == [0, 1, 2] and log.stats["written"] == 3 and log.stats["write_failures"] == 0
+    async with db.read() as session:
+        rows = await audit.query(session, target="machine/lazy")
+    assert [r.message for r in rows] == ["packet 0", "(boot.dhcp: could not format: broken record)", "packet 2"]
+    assert rows[0].after == {"i": 0} and rows[1].after is None
+    await db.dispose()
