@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
+import functools
 import logging
 import socket
 import struct
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from bramble.boot.leases import LeaseStore, Pool, Reservation, normalise_mac
 from bramble.boot.pxe import BootAnswer, PxeClient, PxePolicy
@@ -215,11 +216,11 @@ class Decision:
     options_wire: bytes | None = field(default=None, repr=False, compare=False)
 
 
-@dataclass
-class DhcpEvent:
+class DhcpEvent(NamedTuple):
     """One exchange, with what users ask about later (the boot role turns it into an audit event).
 
-    Not a slots class: the server builds one per packet by assigning ``__dict__`` (see ``_datagram``).
+    A named tuple: the server builds one per packet (``_datagram`` makes it straight from a tuple), and
+    the audit writer may hold thousands of them through a boot storm (about 200 bytes each).
     """
 
     mac: str
@@ -239,6 +240,10 @@ class DhcpEvent:
     ipxe: bool = False
     boot_file: str | None = None
     hostname: str | None = None
+
+
+# DhcpEvent from a tuple of all its fields in order, without the generated __new__'s argument parsing.
+_new_event: Callable[[tuple[Any, ...]], DhcpEvent] = functools.partial(tuple.__new__, DhcpEvent)
 
 
 def handle(request: DhcpPacket, store: LeaseStore, config: DhcpConfig, now: float) -> DhcpPacket | None:
@@ -718,27 +723,27 @@ class _Endpoint:
         mtype = "BOOTP" if raw_type is None else _MESSAGE_NAMES.get(raw_type[0], "?") if len(raw_type) == 1 else "?"
         yiaddr = decision.yiaddr
         hostname = request.options.get(OPT_HOSTNAME)
-        # Built without the dataclass __init__ (17 keyword arguments, once per packet): same fields.
-        event = object.__new__(DhcpEvent)
-        event.__dict__ = {
-            "mac": client.mac,
-            "message_type": mtype,
-            "outcome": outcome,
-            "yiaddr": None if yiaddr is None else _dotted(yiaddr),
-            "client": (addr[0], addr[1]),
-            "giaddr": None if data[24:28] == _ZERO_BYTES else socket.inet_ntoa(data[24:28]),  # the request's bytes
-            "xid": request.xid,
-            "reason": decision.reason,
-            "interface": self.interface,
-            "mode": self.mode,
-            "port": local_port,
-            "arch": client.arch_name,
-            "vendor_class": client.vendor_class,
-            "user_class": client.user_class,
-            "ipxe": client.is_ipxe,
-            "boot_file": decision.boot_file,
-            "hostname": None if hostname is None else hostname.decode("utf-8", "replace"),
-        }
+        event = _new_event(
+            (
+                client.mac,
+                mtype,
+                outcome,
+                None if yiaddr is None else _dotted(yiaddr),
+                (addr[0], addr[1]),
+                None if data[24:28] == _ZERO_BYTES else socket.inet_ntoa(data[24:28]),  # the request's bytes
+                request.xid,
+                decision.reason,
+                self.interface,
+                self.mode,
+                local_port,
+                client.arch_name,
+                client.vendor_class,
+                client.user_class,
+                client.is_ipxe,
+                decision.boot_file,
+                None if hostname is None else hostname.decode("utf-8", "replace"),
+            )
+        )
         log.debug("dhcp: %s", event)
         if self._on_event is not None:
             try:

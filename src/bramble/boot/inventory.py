@@ -348,7 +348,7 @@ class Inventory:
     def machine_by_mac(self, mac: str | bytes) -> Machine | None:
         """The hot path: one dict lookup, plus a stat pass at most once per ``reload_seconds``."""
         snapshot = self._current()
-        if isinstance(mac, bytes | bytearray):
+        if type(mac) is not str:
             mac = ":".join(f"{b:02x}" for b in mac[:6])
         found = snapshot.by_mac.get(mac)
         if found is None and not (len(mac) == 17 and mac[2] == ":" and mac == mac.lower()):  # other spellings

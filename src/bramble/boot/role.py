@@ -100,12 +100,13 @@ class MachineInventory(Protocol):
 
 
 _FAILED_DHCP = frozenset(("nacked", "exhausted", "unsent"))
+_DHCP_FIELDS = DhcpEvent._fields
 
 
 def _dhcp_record(event: DhcpEvent, interface: str) -> tuple[str, dict[str, Any]]:
     """The audit message and details of one DHCP packet."""
-    # Every field that is set (DhcpEvent is a plain dataclass: its __dict__ holds the fields).
-    details = {k: v for k, v in vars(event).items() if v is not None and v != "" and v != ()}
+    # Every field that is set.
+    details = {k: v for k, v in zip(_DHCP_FIELDS, event, strict=True) if v is not None and v != "" and v != ()}
     details["client"] = f"{event.client[0]}:{event.client[1]}"
     details["interface"] = interface
     text = f"{event.message_type} from {event.mac}: {event.outcome}"
@@ -173,6 +174,8 @@ class BootRole:
         self._discovering: set[str] = set()
         self._started: list[Any] = []
         self._held_offers: dict[tuple[str, int], _HeldOffer] = {}  # (mac, xid) -> the exchange's OFFER
+        # The machine the boot chooser looked up for the packet being handled: its event comes next.
+        self._packet_machine: tuple[str, Machine | None] | None = None
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -283,6 +286,7 @@ class BootRole:
     ) -> Callable[[PxeClient], BootAnswer | None]:
         def choose(client: PxeClient) -> BootAnswer | None:
             machine = self.inventory.machine_by_mac(client.mac)
+            self._packet_machine = (client.mac, machine)  # the same packet's event needs it next
             if machine is None and client.is_pxe:
                 self._discover_later(client)
             if iface.chainload_ipxe and client.is_ipxe and client.arch in (None, 0):
@@ -428,9 +432,15 @@ class BootRole:
             yiaddr, outcome, mac = event.yiaddr, event.outcome, event.mac
             if yiaddr and outcome == "acked":
                 ip_to_mac[yiaddr] = mac
+            looked_up, self._packet_machine = self._packet_machine, None
+            if looked_up is not None and looked_up[0] == mac:
+                machine = looked_up[1]
+                target = f"mac/{mac}" if machine is None else f"machine/{machine.name}"
+            else:
+                target = self._target(mac=mac)
             seen = BootObservation(
                 "boot.dhcp",
-                self._target(mac=mac),
+                target,
                 "",
                 "failed" if outcome in _FAILED_DHCP else "ok",
                 render=partial(_dhcp_record, event, interface),

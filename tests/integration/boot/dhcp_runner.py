@@ -41,7 +41,7 @@ async def main() -> None:
     out: TextIO = open(args.events, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
 
     def emit(event: DhcpEvent) -> None:
-        out.write(json.dumps(dataclasses.asdict(event)) + "\n")
+        out.write(json.dumps(event._asdict()) + "\n")
 
     server: DhcpServer | ProxyDhcpServer
     if args.mode == "proxy":

@@ -14,7 +14,7 @@ from bramble.boot.pxe import PxeClient, PxePolicy
 from bramble.boot.records import Machine
 from bramble.boot.role import BootObservation, BootRole, due_wakes
 from bramble.boot.tftp import TftpEvent
-from bramble.config import load_settings
+from bramble.config import BootInterfaceSettings, load_settings
 
 MAC = "52:54:00:99:00:10"
 
@@ -159,3 +159,17 @@ async def test_held_offers_are_recorded_when_the_role_closes(tmp_path: Path) -> 
     role._dhcp_event_handler("br0")(_dhcp("DISCOVER", "offered"))
     await role.close()
     assert [e.realize().details["outcome"] for e in seen] == ["offered"]
+
+
+def test_a_dhcp_event_is_attributed_with_the_machine_its_boot_answer_looked_up(tmp_path: Path) -> None:
+    role, inventory, seen = _role(tmp_path, [0.0])
+    inventory.put_machine(Machine(name="node1", mac=MAC), actor="test", reason="test")
+    inventory.refresh(wait=True)
+    policy = PxePolicy(tftp_server=IPv4Address("10.99.0.1"), http_base="http://10.99.0.1:8471")
+    choose = role._boot_answer_for(policy, BootInterfaceSettings(name="br0"))
+    on_event = role._dhcp_event_handler("br0")
+    choose(_ipxe_rom())
+    on_event(_dhcp("REQUEST", "acked", xid=1))
+    on_event(_dhcp("REQUEST", "acked", xid=2, mac="52:54:00:99:00:77"))  # no boot answer looked up for it
+    assert [o.target for o in seen] == ["machine/node1", "mac/52:54:00:99:00:77"]
+    assert role._packet_machine is None
