@@ -3,9 +3,11 @@
 An in-process driver feeds pre-encoded relayed DISCOVERs (perfdhcp's shape: giaddr set, a fresh MAC
 each, parameter request list 1,3,6,15,28) through the server's datagram path with a fake socket, then
 the matching REQUESTs, with a real lease journal in a temp dir and an ``on_event`` callback that keeps
-every ``DhcpEvent`` (as the boot role does). ``valgrind --tool=callgrind`` counts the instructions of two
-runs that differ only in the measured loop (this host has no PMU for ``perf stat -e instructions``), so
-interpreter start-up and packet preparation cancel out. With ``--profile`` it prints a cProfile of the
+every ``DhcpEvent``. This is the DHCP library alone: the boot role's audit path comes on top of it
+and is measured end to end by ``dhcp_rate.py --servers bramble`` (the daemon).
+``valgrind --tool=callgrind`` counts the instructions of two runs that differ only in the measured
+loop (this host has no PMU for ``perf stat -e instructions``), so interpreter start-up and packet
+preparation cancel out. With ``--profile`` it prints a cProfile of the
 same loop instead.
 
     .venv/bin/python bench/dhcp_cost.py [--count 2000] [--profile]
