@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -159,8 +160,12 @@ def test_unknown_pxe_client_becomes_a_discovered_machine(bed: NetbootBed, files:
     assert any(e["action"] == "machine.discovered" for e in _events(daemon, f"machine/{machine['name']}"))
 
 
-def test_proxy_dhcp_beside_dnsmasq_boots_the_guest(bed: NetbootBed, files: Path, tmp_path: Path) -> None:
-    """dnsmasq (another server on the link) hands out the address; Bramble gives only the PXE answer."""
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_proxy_dhcp_beside_dnsmasq_boots_the_guest(
+    bed: NetbootBed, files: Path, tmp_path: Path, firmware: Literal["bios", "uefi"]
+) -> None:
+    """dnsmasq (another server on the link) hands out the address; Bramble gives only the PXE answer
+    (SeaBIOS with the NIC's iPXE ROM, and OVMF's own PXE client)."""
     other = bed.add_other_server_ns()
     conf = tmp_path / "site-dnsmasq.conf"
     conf.write_text(
@@ -171,7 +176,7 @@ def test_proxy_dhcp_beside_dnsmasq_boots_the_guest(bed: NetbootBed, files: Path,
     bed.spawn(
         ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"], tmp_path / "site.log", ns=other
     )
-    daemon = _boot_to_marker(bed, files, tmp_path, firmware="bios", mode="proxy")
+    daemon = _boot_to_marker(bed, files, tmp_path, firmware=firmware, mode="proxy")
     leases = (tmp_path / "site.leases").read_text()
     assert GUEST_MAC in leases and "10.99.0.5" in leases, leases
     events = _events(daemon, "machine/node1")
