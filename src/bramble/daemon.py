@@ -284,7 +284,10 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("brambled %s serving on http://%s:%d", __version__, settings.api.host, settings.api.port)
+        if server is not None:
+            log.info("brambled %s serving on http://%s:%d", __version__, settings.api.host, settings.api.port)
+        else:
+            log.info("brambled %s running roles %s (no API on this node)", __version__, ", ".join(settings.roles))
         if server is not None:
             serving = asyncio.create_task(server.serve())
             waiter = asyncio.create_task(stop.wait())
