@@ -6,9 +6,11 @@ flushed in one transaction every ``flush_seconds`` or ``batch`` rows. If the que
 database is far behind), further observations are counted and dropped rather than blocking boots.
 
 During a storm (observations arriving faster than ``storm_rate`` a second, e.g. a rack powering on at
-once) the writer holds its batches, so the packet path has the CPU while clients wait for answers;
-it writes when the storm passes, after ``storm_delay_seconds`` at the latest, or once
-``storm_backlog`` rows are queued, whichever comes first.
+once) the writer holds its batches, so the packet path has the CPU while clients wait for answers,
+and writes them when the storm passes. A storm that outlasts ``storm_delay_seconds`` or queues
+``storm_backlog`` rows gets one batch written per ``flush_seconds`` while it lasts (a trickle, not the
+whole queue at once: writing 20,000 rows in mid-storm cost a saturated DHCP server a third of its
+answers); beyond ``max_queued`` observations are dropped and counted.
 
 The flush shares the packet path's CPU (one event loop), so on SQLite it hands SQLite one prepared
 statement and plain tuples (``executemany``) instead of going through the ORM's per-row bind
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Table, insert
 
@@ -93,7 +95,7 @@ class ObservationLog:
         *,
         flush_seconds: float = 0.2,
         batch: int = 1000,
-        max_queued: int = 100_000,
+        max_queued: int = 50_000,
         storm_rate: float = 500.0,
         storm_backlog: int = 20_000,
         storm_delay_seconds: float = 10.0,
@@ -108,7 +110,14 @@ class ObservationLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.stats = {"observed": 0, "written": 0, "dropped": 0, "write_failures": 0, "storm_holds": 0}
+        self.stats = {
+            "observed": 0,
+            "written": 0,
+            "dropped": 0,
+            "write_failures": 0,
+            "storm_holds": 0,
+            "storm_trickles": 0,
+        }
 
     def observe(self, observation: Observation) -> None:
         """Never blocks and never raises: the packet path must not wait for the database."""
@@ -123,7 +132,7 @@ class ObservationLog:
             self._pending_since = time.monotonic()
         pending.append(observation)
         queued = len(pending)
-        if queued == self._batch or queued >= self._storm_backlog:
+        if queued == self._batch or queued == self._storm_backlog:
             self._wake.set()
 
     def start(self) -> None:
@@ -208,15 +217,21 @@ class ObservationLog:
             observed = self.stats["observed"]
             rate = (observed - counted) / max(now - counted_at, 1e-3)
             counted, counted_at = observed, now
-            if self._storm_holds(rate, now):
+            storm = self._storm(rate, now)
+            if storm == "hold":
+                self.stats["storm_holds"] += 1
+                continue
+            if storm == "trickle":
+                self.stats["storm_trickles"] += 1
+                rows, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+                await self._write(rows)  # a refused batch is dropped and counted, as in flush()
                 continue
             await self.flush()
 
-    def _storm_holds(self, rate: float, now: float) -> bool:
-        """Hold the queued rows while observations arrive faster than ``storm_rate`` (see the module)."""
+    def _storm(self, rate: float, now: float) -> Literal["hold", "trickle", "flush"]:
+        """ "hold" the queued rows, write a "trickle" of one batch, or "flush" them all (see the module)."""
         if not self._pending or rate < self._storm_rate:
-            return False
+            return "flush"
         if len(self._pending) >= self._storm_backlog or now - self._pending_since >= self._storm_delay:
-            return False
-        self.stats["storm_holds"] += 1
-        return True
+            return "trickle"
+        return "hold"
