@@ -75,7 +75,7 @@ class _HeldOffer:
     """A DISCOVER's OFFER waiting for its REQUEST (see ``_OFFER_HOLD_SECONDS``)."""
 
     held_at: float  # the role's clock
-    time: datetime
+    time: float  # wall clock (time.time()): a datetime only if it is recorded alone
     observation: BootObservation
     event: DhcpEvent
 
@@ -109,24 +109,37 @@ def _dhcp_record(event: DhcpEvent, interface: str) -> tuple[str, dict[str, Any]]
     details = {k: v for k, v in zip(_DHCP_FIELDS, event, strict=True) if v is not None and v != "" and v != ()}
     details["client"] = f"{event.client[0]}:{event.client[1]}"
     details["interface"] = interface
+    return _dhcp_text(event), details
+
+
+_OFFER_ONLY_DETAILS = ("arch", "vendor_class", "user_class", "hostname", "boot_file")
+
+
+def _dhcp_text(event: DhcpEvent) -> str:
     text = f"{event.message_type} from {event.mac}: {event.outcome}"
     if event.yiaddr:
         text += f" {event.yiaddr}"
     if event.boot_file:
         text += f" boot file {event.boot_file}"
-    if event.reason:
-        text += f" ({event.reason})"
-    return text, details
+    return text + (f" ({event.reason})" if event.reason else "")
 
 
 def _exchange_record(
-    offer: DhcpEvent, offered_at: datetime, request: DhcpEvent, interface: str
+    offer: DhcpEvent, offered_at: float, request: DhcpEvent, interface: str
 ) -> tuple[str, dict[str, Any]]:
-    """One event for a whole exchange: the REQUEST's answer, with what the DISCOVER was offered and when."""
-    offer_text, offer_details = _dhcp_record(offer, interface)
-    request_text, request_details = _dhcp_record(request, interface)
-    details = {**offer_details, **request_details, "offered": offer.yiaddr, "offered_at": offered_at.isoformat()}
-    return offer_text + "; " + request_text.replace(f" from {request.mac}", "", 1), details
+    """One event for a whole exchange: the REQUEST's answer, with what the DISCOVER was offered and when.
+
+    The details are the REQUEST's, plus ``offered`` and ``offered_at``, and what only the DISCOVER
+    said about the client (a client should repeat its options in the REQUEST; not all do).
+    """
+    request_text, details = _dhcp_record(request, interface)
+    details["offered"] = offer.yiaddr
+    details["offered_at"] = datetime.fromtimestamp(offered_at, UTC).isoformat()
+    for key in _OFFER_ONLY_DETAILS:
+        value = getattr(offer, key)
+        if value and key not in details:
+            details[key] = value
+    return _dhcp_text(offer) + "; " + request_text.replace(f" from {request.mac}", "", 1), details
 
 
 def _fields(record: Any) -> dict[str, Any]:
@@ -470,10 +483,10 @@ class BootRole:
             self._record_alone(earlier)
         if len(held_offers) >= _MAX_HELD_OFFERS:
             self._record_alone(held_offers.pop(next(iter(held_offers))))
-        held_offers[key] = _HeldOffer(self._now(), datetime.now(UTC), seen, event)
+        held_offers[key] = _HeldOffer(self._now(), time.time(), seen, event)
 
     def _record_alone(self, held: _HeldOffer) -> None:
-        held.observation.time = held.time
+        held.observation.time = datetime.fromtimestamp(held.time, UTC)
         self._record(held.observation)
 
     def release_held_offers(self, older_than: float | None = _OFFER_HOLD_SECONDS) -> None:
