@@ -107,6 +107,9 @@ class ObservationLog:
         self._storm_rate, self._storm_backlog, self._storm_delay = storm_rate, storm_backlog, storm_delay_seconds
         self._pending: list[Observation] = []
         self._pending_since = 0.0  # when the oldest queued observation arrived (monotonic)
+        # Observations dropped since the last gap record, and when the first of them happened.
+        self._gap = 0
+        self._gap_started: datetime | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -123,6 +126,9 @@ class ObservationLog:
         """Never blocks and never raises: the packet path must not wait for the database."""
         if len(self._pending) >= self._max_queued:
             self.stats["dropped"] += 1
+            if not self._gap:
+                self._gap_started = observation.time
+            self._gap += 1
             if self.stats["dropped"] in (1, 100, 10_000) or self.stats["dropped"] % 100_000 == 0:
                 log.warning("audit log is behind: %d observations dropped so far", self.stats["dropped"])
             return
@@ -148,10 +154,25 @@ class ObservationLog:
         transaction runs, and chasing them would turn the 0.2 s batching into back-to-back tiny writes.
         """
         rows, self._pending = self._pending, []
+        if self._gap:
+            rows.append(self._gap_record())
         for start in range(0, len(rows), self._batch):
             if not await self._write(rows[start : start + self._batch]):
                 self._pending[:0] = rows[start + self._batch :]  # keep the rest for the next flush
                 return
+
+    def _gap_record(self) -> Observation:
+        """The audit log says where it has a hole: how many observations it dropped, from when."""
+        dropped, started = self._gap, self._gap_started or utcnow()
+        self._gap, self._gap_started = 0, None
+        return Observation(
+            "bramble",
+            "audit.dropped",
+            "audit/observations",
+            f"{dropped} observations dropped while the audit log was behind (from {started:%Y-%m-%d %H:%M:%S} UTC)",
+            "failed",
+            {"dropped": dropped, "first": started.isoformat()},
+        )
 
     async def _write(self, rows: list[Observation]) -> bool:
         """One transaction; False (rows dropped, logged, counted) when the database refused it."""

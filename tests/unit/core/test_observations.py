@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +46,17 @@ async def test_overflow_drops_and_counts_instead_of_blocking(tmp_path: Path) -> 
     await log.close()
     async with db.read() as session:
         assert len(await audit.query(session, target="machine/x")) == 10
+        [gap] = await audit.query(session, target="audit/observations")
+    assert (
+        gap.action == "audit.dropped"
+        and gap.outcome == "failed"
+        and gap.after
+        == {
+            "dropped": 15,
+            "first": gap.after["first"] if gap.after else None,
+        }
+    )
+    assert "15 observations dropped" in str(gap.message)
     await db.dispose()
 
 
@@ -167,7 +179,7 @@ async def test_rows_are_formatted_when_written_and_a_failing_format_costs_only_i
         return f"packet {i}", {"i": i}
 
     for i in range(3):
-        log.observe(Observation("boot", "boot.dhcp", "machine/lazy", "", render=lambda i=i: render(i)))
+        log.observe(Observation("boot", "boot.dhcp", "machine/lazy", "", render=functools.partial(render, i)))
     assert made == []  # queued as facts, formatted by the writer
     await log.flush()
     assert made == [0, 1, 2] and log.stats["written"] == 3 and log.stats["write_failures"] == 0
