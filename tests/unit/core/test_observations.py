@@ -47,15 +47,8 @@ async def test_overflow_drops_and_counts_instead_of_blocking(tmp_path: Path) -> 
     async with db.read() as session:
         assert len(await audit.query(session, target="machine/x")) == 10
         [gap] = await audit.query(session, target="audit/observations")
-    assert (
-        gap.action == "audit.dropped"
-        and gap.outcome == "failed"
-        and gap.after
-        == {
-            "dropped": 15,
-            "first": gap.after["first"] if gap.after else None,
-        }
-    )
+    assert gap.action == "audit.dropped" and gap.outcome == "failed"
+    assert gap.after is not None and gap.after["dropped"] == 15
     assert "15 observations dropped" in str(gap.message)
     await db.dispose()
 
