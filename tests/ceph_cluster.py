@@ -8,6 +8,12 @@ The daemons run in the foreground as children of this process, so we know their 
 without trusting pid files; ``stop()`` signals exactly those PIDs and removes the
 directory, and a start that fails half-way stops what it had started.
 
+Faults: ``freeze("mon.a")`` stops the monitor with SIGSTOP. An OSD is "frozen" by dropping
+the TCP traffic to and from its ports on loopback (a table of our own in the host's nftables,
+removed at thaw and at stop), not by SIGSTOP: a single OSD stopped and continued can keep a
+placement group "laggy", its ops waiting for readable until the OSD restarts (ceph-container
+issue 1682, ceph PR 71663). To clients both look the same: Ceph stops answering.
+
 Also made: a pool initialised for RBD and a restricted client (``client.bramble``,
 ``profile rbd`` on that pool) with its own keyring, the way a real deployment would
 give Bramble a key of its own instead of the admin one.
@@ -86,6 +92,9 @@ class CephCluster:
     user_keyring: Path
     mon_port: int
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # one object name per placement group of the pool: a thaw is over when every PG answers
+    probe_objects: list[str] = field(default_factory=list)
+    blocked_ports: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ start
     @classmethod
@@ -223,6 +232,7 @@ keyring = {self.admin_keyring}
             self._wait_osd_up(admin, end)
             self._add_pool(admin, end)
             self._add_user(admin)
+            self.probe_objects = self._one_object_per_pg(admin)
         finally:
             admin.shutdown()
 
@@ -280,6 +290,69 @@ keyring = {self.admin_keyring}
                     raise CephStartError(f"pool {self.pool!r} did not become writable: {exc}") from exc
                 time.sleep(0.2)
 
+    def _one_object_per_pg(self, admin: Any) -> list[str]:
+        """Object names that map to each placement group of the pool (the mapping never changes here)."""
+        pools = json.loads(self._mon(admin, {"prefix": "osd dump", "format": "json"}))["pools"]
+        pg_num = next(pool["pg_num"] for pool in pools if pool["pool_name"] == self.pool)
+        by_pg: dict[str, str] = {}
+        for index in range(64 * pg_num):
+            name = f"bramble-test-probe-{index}"
+            command = {"prefix": "osd map", "pool": self.pool, "object": name, "format": "json"}
+            by_pg.setdefault(json.loads(self._mon(admin, command))["pgid"], name)
+            if len(by_pg) == pg_num:
+                return sorted(by_pg.values())
+        raise CephStartError(f"found objects for only {len(by_pg)} of {pg_num} placement groups")
+
+    def _osd_ports(self) -> tuple[int, ...]:
+        """Every port the OSDs listen on (public, cluster and heartbeat addresses)."""
+        import rados
+
+        admin = rados.Rados(conffile=str(self.conf), name="client.admin")
+        admin.conf_set("rados_mon_op_timeout", "10")
+        try:
+            self._connect(admin, time.monotonic() + 30)
+            osds = json.loads(self._mon(admin, {"prefix": "osd dump", "format": "json"}))["osds"]
+        finally:
+            admin.shutdown()
+        ports = set()
+        for osd in osds:
+            for key in ("public_addrs", "cluster_addrs", "heartbeat_back_addrs", "heartbeat_front_addrs"):
+                for addr in osd.get(key, {}).get("addrvec", []):
+                    ports.add(int(addr["addr"].rsplit(":", 1)[1]))
+        return tuple(sorted(ports))
+
+    @property
+    def _nft_table(self) -> str:
+        return f"brambletest_ceph_{self.mon_port}"
+
+    def _nft(self, command: str) -> None:
+        import nftables
+
+        nft = nftables.Nftables()
+        rc, _, error = nft.cmd(command)
+        if rc != 0:
+            raise RuntimeError(f"nft {command!r} failed: {error.strip()}")
+
+    def _block_osds(self) -> None:
+        if self.blocked_ports:
+            return
+        ports = self._osd_ports()
+        if not ports:
+            raise RuntimeError("the OSD has no addresses in the OSD map")
+        table, listed = self._nft_table, ", ".join(map(str, ports))
+        self._nft(
+            f"add table ip {table}\n"
+            f"add chain ip {table} out {{ type filter hook output priority -10; policy accept; }}\n"
+            f"add rule ip {table} out ip daddr 127.0.0.1 tcp dport {{ {listed} }} drop\n"
+            f"add rule ip {table} out ip saddr 127.0.0.1 tcp sport {{ {listed} }} drop"
+        )
+        self.blocked_ports = ports
+
+    def _unblock_osds(self) -> None:
+        if self.blocked_ports:
+            self._nft(f"delete table ip {self._nft_table}")
+            self.blocked_ports = ()
+
     def _add_user(self, admin: Any) -> None:
         caps = ["mon", "profile rbd", "osd", f"profile rbd pool={self.pool}"]
         out = self._mon(admin, {"prefix": "auth get-or-create", "entity": f"client.{self.user}", "caps": caps})
@@ -307,25 +380,29 @@ keyring = {self.admin_keyring}
         return {name: proc.pid for name, proc in self.processes.items()}
 
     def freeze(self, *names: str) -> None:
-        """Freeze daemons (SIGSTOP; default: all): the cluster stops answering until thaw()."""
-        for name in names or tuple(self.processes):
+        """Freeze daemons (default: all) until thaw(): the monitor by SIGSTOP, OSDs by dropping their traffic."""
+        chosen = names or tuple(self.processes)
+        if any(name.startswith("osd.") for name in chosen):
+            self._block_osds()
+        for name in chosen:
             proc = self.processes[name]
-            if proc.poll() is None:
+            if not name.startswith("osd.") and proc.poll() is None:
                 os.kill(proc.pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
-        """Let every daemon run again (harmless if none is frozen), and wait until the pool serves I/O.
+        """Let every daemon run again (harmless if none is frozen), and wait until every PG serves I/O.
 
-        A thawed OSD can take seconds to answer again on a busy host; the next test must not start
-        against a cluster that is still catching up.
+        A thawed cluster can take seconds to answer again on a busy host (TCP retransmits back off
+        while traffic is dropped); the next test must not start against one still catching up.
         """
         for proc in self.processes.values():
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGCONT)
+        self._unblock_osds()
         self.wait_serving()
 
     def wait_serving(self, timeout: float = 60.0) -> None:
-        """Write and remove a probe object in the pool as the admin, retrying until ``timeout``."""
+        """Write and remove a probe object in every PG of the pool as the admin, retrying until ``timeout``."""
         import rados
 
         end = time.monotonic() + timeout
@@ -334,11 +411,14 @@ keyring = {self.admin_keyring}
         admin.conf_set("rados_osd_op_timeout", "5")
         try:
             self._connect(admin, end)
+            pending = list(self.probe_objects or ["bramble-test-probe"])
             while True:
                 try:
                     with admin.open_ioctx(self.pool) as ioctx:
-                        ioctx.write_full("bramble-test-probe", b"x")
-                        ioctx.remove_object("bramble-test-probe")
+                        while pending:
+                            ioctx.write_full(pending[0], b"x")
+                            ioctx.remove_object(pending[0])
+                            pending.pop(0)
                     return
                 except rados.Error as exc:
                     if time.monotonic() > end:
@@ -362,7 +442,9 @@ keyring = {self.admin_keyring}
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
-        """Stop our daemons (OSD first: an OSD without its mon waits 5 s) and remove the directory."""
+        """Stop our daemons (OSD first: an OSD without its mon waits 5 s), drop our nft table, remove the directory."""
+        with contextlib.suppress(Exception):
+            self._unblock_osds()
         order = sorted(self.processes, key=lambda name: 0 if name.startswith("osd") else 1)
         for group in ([n for n in order if n.startswith("osd")], [n for n in order if not n.startswith("osd")]):
             procs = [self.processes[n] for n in group]
