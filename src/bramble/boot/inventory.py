@@ -9,9 +9,12 @@ kinds of change take effect without a restart:
 - A file that does not parse or validate is skipped and reported with its path and line
   (``problems()``); it never takes the server down.
 - Writes are atomic (temporary file in the same directory, fsync, rename, fsync of the
-  directory). When the root is a git repository, the changed file alone is committed with
-  the actor as author and a message that says who and why. A failed commit is reported;
-  the written file stands.
+  directory). A write edits the existing file rather than replacing it (``render_toml``):
+  the user's comments, blank lines and key order survive, so a change is a minimal diff in
+  git, and a write that changes nothing leaves the file byte-identical.
+- When the root is a git repository, the changed file alone is committed with the actor as
+  author and a message that says who and why. A failed commit is reported; the written
+  file stands.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomlkit
+from tomlkit.items import Item, String
 
 from bramble.boot.ipxe import check_template
 from bramble.boot.records import (
@@ -142,6 +148,82 @@ def _template_line(text: str, template_line: int) -> int | None:
     return start + template_line - (0 if opens_alone else 1)
 
 
+def render_toml(data: Mapping[str, Any], previous: str | None = None) -> str:
+    """The text of a file that holds exactly ``data``, keeping as much of ``previous`` as it can.
+
+    People keep the inventory in git and write comments in it, so a change made by Bramble
+    must be a minimal diff: keys whose value is unchanged keep their line as it is (comments,
+    spacing, quoting, multi-line strings), a changed value is replaced on its own line (the
+    comment at the end of that line stays), keys not in ``data`` lose their line, new keys
+    are appended. Without ``previous``, or when it does not parse, the text is written fresh.
+    The result always reads back (with ``tomllib``) as ``data``; an edit that would not is
+    dropped for the fresh text.
+    """
+    fresh = tomli_w.dumps(dict(data))
+    if previous is None:
+        return fresh
+    try:
+        document = tomlkit.parse(previous)
+        for key in [key for key in document if key not in data]:
+            del document[key]
+        for key, value in data.items():
+            if key not in document:
+                document[key] = tomlkit.item(value)
+            elif not same_toml_value(document.item(key).unwrap(), value):
+                document[key] = _replacement(value, document.item(key))
+        edited = document.as_string()
+        if same_toml_value(tomllib.loads(edited), tomllib.loads(fresh)):
+            return edited
+        log.warning("inventory: could not edit the file in place; writing it afresh")
+    except Exception as exc:  # a file tomlkit rejects (or trips over) is written fresh: never a crash
+        log.debug("inventory: not editing the file in place (%s); writing it afresh", exc)
+    return fresh
+
+
+def _replacement(value: Any, old: object) -> Item:
+    """A new value for an existing key; a multi-line string stays multi-line when it still can."""
+    if isinstance(old, String) and old.type.is_multiline() and isinstance(value, str) and "\n" in value:
+        candidate = tomlkit.string(value, multiline=True)
+        with contextlib.suppress(tomllib.TOMLDecodeError):
+            if tomllib.loads(f"v = {candidate.as_string()}\n")["v"] == value:
+                return candidate
+    return tomlkit.item(value)
+
+
+def same_toml_value(a: Any, b: Any) -> bool:
+    """Equal as TOML values: types must match (``true`` is not ``1``), date-times compare as UTC.
+
+    A date-time without an offset counts as UTC, as the records read it.
+    """
+    if isinstance(a, datetime) or isinstance(b, datetime):
+        if not (isinstance(a, datetime) and isinstance(b, datetime)):
+            return False
+        return _as_utc(a) == _as_utc(b)
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        if not (isinstance(a, Mapping) and isinstance(b, Mapping)) or a.keys() != b.keys():
+            return False
+        return all(same_toml_value(a[key], b[key]) for key in a)
+    if isinstance(a, list | tuple) or isinstance(b, list | tuple):
+        if not (isinstance(a, list | tuple) and isinstance(b, list | tuple)) or len(a) != len(b):
+            return False
+        return all(same_toml_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, date) or isinstance(b, date):
+        return type(a) is type(b) and a == b
+    return _plain_type(a) is _plain_type(b) and a == b
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _plain_type(value: Any) -> type:
+    """The builtin type behind a value (tomlkit's items subclass str, int, float, bool)."""
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind
+    return type(value)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
 
@@ -165,6 +247,21 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(temp)
         raise
     _fsync_dir(path.parent)
+
+
+def _existing_text(path: Path) -> str | None:
+    """The file's current text to edit, or None to write afresh (missing, unreadable, huge, not UTF-8)."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        return None
+    if len(raw) > MAX_FILE_BYTES:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -421,6 +518,8 @@ class Inventory:
             stored = machine.with_changes(
                 created=machine.created or (previous.created if previous else None) or now, updated=now
             )
+            if previous is not None and stored.with_changes(updated=previous.updated) == previous:
+                stored = previous  # nothing changed: no new 'updated', so no diff and no commit
             return self._write("machines", machine.name, machine_to_toml(stored), actor, reason, request_id)
 
     def remove_machine(self, name: str, *, actor: str, reason: str, request_id: str = "") -> WriteResult:
@@ -505,7 +604,10 @@ class Inventory:
                 with contextlib.suppress(OSError):
                     _fsync_dir(path.parent)
             else:
-                atomic_write(path, tomli_w.dumps(dict(data)).encode())
+                previous = _existing_text(path)
+                text = render_toml(data, previous)
+                if text != previous:  # an unchanged file keeps its bytes, inode and times
+                    atomic_write(path, text.encode())
         except FileNotFoundError:
             pass  # removing what someone else removed first: the outcome is the same
         except OSError as exc:
