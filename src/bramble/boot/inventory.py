@@ -155,7 +155,7 @@ def render_toml(data: Mapping[str, Any], previous: str | None = None) -> str:
     must be a minimal diff: keys whose value is unchanged keep their line as it is (comments,
     spacing, quoting, multi-line strings), a changed value is replaced on its own line (the
     comment at the end of that line stays), keys not in ``data`` lose their line, new keys
-    are appended. Without ``previous``, or when it does not parse, the text is written fresh.
+    are appended. Without ``previous``, or when it is not valid TOML, the text is written fresh.
     The result always reads back (with ``tomllib``) as ``data``; an edit that would not is
     dropped for the fresh text.
     """
@@ -163,13 +163,16 @@ def render_toml(data: Mapping[str, Any], previous: str | None = None) -> str:
     if previous is None:
         return fresh
     try:
+        # Old values as Bramble reads them: tomlkit keeps a CRLF inside a multi-line string
+        # where tomllib (and so the records) reads LF.
+        held = tomllib.loads(previous)
         document = tomlkit.parse(previous)
         for key in [key for key in document if key not in data]:
             del document[key]
         for key, value in data.items():
             if key not in document:
                 document[key] = tomlkit.item(value)
-            elif not same_toml_value(document.item(key).unwrap(), value):
+            elif key not in held or not same_toml_value(held[key], value):
                 document[key] = _replacement(value, document.item(key))
         edited = document.as_string()
         if same_toml_value(tomllib.loads(edited), tomllib.loads(fresh)):

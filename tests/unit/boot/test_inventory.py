@@ -1,25 +1,33 @@
-"""The inventory files: round trips, hand edits, corrupt files, duplicates, discovery, atomic writes."""
+"""The inventory files: round trips, hand edits, corrupt files, duplicates, discovery, atomic writes,
+and writes that keep the user's comments and layout."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from datetime import time
+from dataclasses import replace
+from datetime import UTC, datetime, time, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bramble.boot import inventory as inventory_module
-from bramble.boot.inventory import Inventory
+from bramble.boot.inventory import Inventory, render_toml, same_toml_value
 from bramble.boot.records import (
+    ARCHES,
     InventoryConflict,
     InventoryNotFound,
     Machine,
     Profile,
     RecordError,
+    machine_from_toml,
+    machine_to_toml,
     normalize_mac,
+    profile_to_toml,
 )
 from bramble.boot.schedule import WakeSchedule
 
@@ -358,3 +366,226 @@ def test_junk_files_never_crash_the_loader(tmp_path_factory: pytest.TempPathFact
     assert ("junk" in names) != bool(problems)  # loaded or reported, never both, never neither
     for problem in problems:
         assert problem.message and (problem.line is None or problem.line >= 1)
+
+
+# ------------------------------------------------------------------ writes keep the user's file
+HAND_WRITTEN = '''\
+# web1: the front web server in rack 3.
+# Ask ops before changing the profile.
+
+mac = "52:54:00:12:34:56"  # on-board NIC, port 1
+arch = "x86_64"
+
+# Reserved in the old DHCP server too.
+ip = "10.0.0.5"
+profile = "local"
+groups = [
+  "rack3",  # the rack's power schedule
+  "web",
+]
+notes = """
+Bought 2021.
+Disk replaced 2024-03, "sdb".
+"""
+
+created = 2024-05-01T12:00:00Z
+updated = 2024-05-01T12:00:00Z
+'''
+
+
+def changed_lines(before: str, after: str) -> tuple[list[str], list[str]]:
+    """The lines a diff removes and adds (difflib), without context."""
+    diff = [line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:2] in ("- ", "+ ")]
+    return [line[2:] for line in diff if line[0] == "-"], [line[2:] for line in diff if line[0] == "+"]
+
+
+def reads_as_tomli_w_would_write(text: str, record: Machine) -> bool:
+    return same_toml_value(tomllib.loads(text), tomllib.loads(tomli_w.dumps(machine_to_toml(record))))
+
+
+def test_set_profile_changes_only_the_profile_and_updated_lines(inv: Inventory) -> None:
+    path = write(inv, "machines/web1.toml", HAND_WRITTEN)
+    machine = inv.machine("web1")
+    assert machine is not None and machine.notes == 'Bought 2021.\nDisk replaced 2024-03, "sdb".\n'
+    inv.put_machine(machine.with_changes(profile="discovered"), **WHO)
+    text = path.read_text()
+    stored = inv.machine("web1")
+    assert stored is not None and stored.profile == "discovered" and stored.updated != machine.updated
+    removed, added = changed_lines(HAND_WRITTEN, text)
+    assert removed == ['profile = "local"', "updated = 2024-05-01T12:00:00Z"]
+    assert added[0] == 'profile = "discovered"' and added[1].startswith("updated = ") and len(added) == 2
+    for line in HAND_WRITTEN.splitlines():
+        if "#" in line or line.startswith(("notes", "Bought", "Disk", '"""')):
+            assert line in text.splitlines()  # comments and the multi-line string, as written
+    assert reads_as_tomli_w_would_write(text, stored)
+
+
+def test_clearing_a_key_removes_its_line_and_keeps_the_rest(inv: Inventory) -> None:
+    path = write(inv, "machines/web1.toml", HAND_WRITTEN)
+    machine = inv.machine("web1")
+    assert machine is not None
+    inv.put_machine(machine.with_changes(ip=None, hostname="web1.example.org"), **WHO)
+    text = path.read_text()
+    removed, added = changed_lines(HAND_WRITTEN, text)
+    assert removed == ['ip = "10.0.0.5"', "updated = 2024-05-01T12:00:00Z"]
+    assert added[0].startswith("updated = ") and added[1:] == ['hostname = "web1.example.org"']  # new keys: at the end
+    assert "# Reserved in the old DHCP server too.\n" in text  # a comment above a removed key stays
+    stored = inv.machine("web1")
+    assert stored is not None and stored.ip is None and reads_as_tomli_w_would_write(text, stored)
+
+
+def test_a_comment_at_the_end_of_a_changed_line_stays(inv: Inventory) -> None:
+    path = write(inv, "machines/db1.toml", 'mac = "52:54:00:00:00:01"\nprofile = "local"   # until the reinstall\n')
+    machine = inv.machine("db1")
+    assert machine is not None
+    inv.put_machine(machine.with_changes(profile="discovered"), **WHO)
+    assert path.read_text().splitlines()[1] == 'profile = "discovered"   # until the reinstall'
+
+
+def test_a_write_that_changes_nothing_leaves_the_file_byte_identical(inv: Inventory) -> None:
+    path = write(inv, "machines/web1.toml", HAND_WRITTEN)
+    before = path.stat()
+    machine = inv.machine("web1")
+    assert machine is not None
+    inv.put_machine(machine, **WHO)
+    assert path.read_text() == HAND_WRITTEN
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not even rewritten
+    assert inv.machine("web1") == machine  # and 'updated' did not move
+    inv.put_profile(DEB, **WHO)
+    profile_text = (inv.root / "profiles/deb.toml").read_bytes()
+    inv.put_profile(DEB, **WHO)
+    assert (inv.root / "profiles/deb.toml").read_bytes() == profile_text
+
+
+def test_a_windows_line_ending_file_is_edited_in_place_not_rewritten(inv: Inventory) -> None:
+    crlf = HAND_WRITTEN.replace("\n", "\r\n").encode()
+    path = inv.root / "machines/web1.toml"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(crlf)
+    machine = inv.machine("web1")
+    assert machine is not None and machine.notes == 'Bought 2021.\nDisk replaced 2024-03, "sdb".\n'
+    inv.put_machine(machine, **WHO)
+    assert path.read_bytes() == crlf  # tomllib reads the CR LF in the multi-line string as LF: unchanged
+    inv.put_machine(machine.with_changes(profile="discovered"), **WHO)
+    removed, added = changed_lines(crlf.decode(), path.read_bytes().decode())
+    assert removed == ['profile = "local"', "updated = 2024-05-01T12:00:00Z"] and len(added) == 2
+
+
+IPXE_PROFILE = '''\
+kind = "ipxe"
+description = "the installer"  # shown in `bramble profile list`
+
+# Jinja2: see docs/netboot.md
+template = """
+#!ipxe
+echo Installing {{ machine.name }} \\\\ "now"
+chain {{ urls.http_base }}/files/installer.ipxe || goto failed
+exit
+"""
+'''
+
+
+def test_multi_line_templates_round_trip_exactly_and_stay_multi_line(inv: Inventory) -> None:
+    path = write(inv, "profiles/installer.toml", IPXE_PROFILE)
+    profile = inv.profile("installer")
+    assert profile is not None and profile.template is not None and '\\ "now"' in profile.template
+    inv.put_profile(replace(profile, description="the Debian installer"), **WHO)
+    removed, added = changed_lines(IPXE_PROFILE, path.read_text())
+    assert (removed, added) == (
+        ['description = "the installer"  # shown in `bramble profile list`'],
+        ['description = "the Debian installer"  # shown in `bramble profile list`'],
+    )
+    new_template = profile.template.replace("exit", "sanboot --no-describe --drive 0x80\n'''\"\"\"\\")
+    inv.put_profile(replace(profile, template=new_template), **WHO)
+    text = path.read_text()
+    assert 'template = """' in text and "# Jinja2: see docs/netboot.md" in text
+    reread = inv.profile("installer")
+    assert reread is not None and reread.template == new_template
+    assert same_toml_value(tomllib.loads(text), profile_to_toml(reread))
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [b'mac = "52:54:00:12:34:56"\nprofile = "deb\n', b"\xff\xfe not utf-8", b"[[machines]\n", b"mac = 1\nmac = 2\n"],
+)
+def test_a_corrupt_file_is_replaced_cleanly(inv: Inventory, corrupt: bytes) -> None:
+    path = inv.root / "machines/web1.toml"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(corrupt)
+    assert inv.machine("web1") is None and inv.problems()
+    inv.put_profile(DEB, **WHO)
+    inv.put_machine(web1(), **WHO)
+    stored = inv.machine("web1")
+    assert stored is not None and inv.problems() == []
+    assert path.read_text() == tomli_w.dumps(machine_to_toml(stored))  # written afresh, as before tomlkit
+
+
+def test_a_valid_toml_file_that_is_not_a_valid_machine_is_edited_into_one(inv: Inventory) -> None:
+    path = write(inv, "machines/web1.toml", '# keep me\nmac = "52:54:00:12:34:56"\ncolour = "red"\n[extra]\nx = 1\n')
+    assert inv.machine("web1") is None
+    inv.put_machine(web1(profile=None), **WHO)
+    text = path.read_text()
+    assert text.startswith('# keep me\nmac = "52:54:00:12:34:56"\n') and "colour" not in text and "extra" not in text
+    stored = inv.machine("web1")
+    assert stored is not None and reads_as_tomli_w_would_write(text, stored)
+
+
+def test_datetimes_compare_as_utc_and_types_strictly() -> None:
+    utc = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert same_toml_value(utc, datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))))
+    assert same_toml_value(utc, datetime(2024, 5, 1, 12, 0))  # no offset: read as UTC, like the records do
+    assert not same_toml_value(utc, datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC))
+    assert not same_toml_value(True, 1) and not same_toml_value(1, 1.0) and not same_toml_value(["a"], "a")
+    assert render_toml({"created": utc}, "created = 2024-05-01T14:00:00+02:00 # local\n") == (
+        "created = 2024-05-01T14:00:00+02:00 # local\n"
+    )
+    assert render_toml({"discovered": True}, "discovered = 1\n") == "discovered = true\n"
+
+
+_NAME = st.from_regex(r"[a-z]([a-z0-9-]{0,7}[a-z0-9])?", fullmatch=True)
+_MOMENT = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+_AWKWARD_TEXT = st.text(alphabet=st.sampled_from(list("a \n\"'\\\t\r#=é\x00\x7f")), max_size=30) | st.text(max_size=30)
+_MACHINES = st.builds(
+    Machine,
+    name=st.just("web1"),
+    mac=st.binary(min_size=6, max_size=6).map(lambda raw: raw.hex(":")),
+    ip=st.none() | st.ip_addresses(v=4).map(str),
+    hostname=st.none() | _NAME,
+    arch=st.sampled_from(ARCHES),
+    profile=st.none() | _NAME,
+    notes=_AWKWARD_TEXT,
+    groups=st.lists(_NAME, max_size=3).map(tuple),
+    wake_at=st.lists(st.sampled_from(["mon-fri 07:30", "sun 10:00", "daily 06:45"]), max_size=2).map(tuple),
+    interface=st.none() | st.sampled_from(["eth0", "enp1s0"]),
+    discovered=st.booleans(),
+    created=st.none() | _MOMENT,
+    updated=st.none() | _MOMENT,
+)
+
+
+def _styled(data: dict[str, object], style: str) -> str:
+    """A file holding ``data`` as a person might have written it."""
+    if style == "fresh":
+        return tomli_w.dumps(data)
+    if style == "multi-line strings":
+        return tomli_w.dumps(data, multiline_strings=True)
+    blocks = [(key, tomli_w.dumps({key: value}).rstrip("\n")) for key, value in data.items()]
+    body = "".join(f"# about {key}\n{block}  # trailing\n\n" for key, block in reversed(blocks))
+    return "# header\n\n" + body.rstrip("\n")  # and no newline at the end
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=_MACHINES, b=_MACHINES, style=st.sampled_from(["fresh", "multi-line strings", "annotated"]))
+def test_writing_b_over_any_file_of_a_reads_back_as_b(a: Machine, b: Machine, style: str) -> None:
+    a_data, b_data = machine_to_toml(a), machine_to_toml(b)
+    a_text = _styled(a_data, style)
+    held = tomllib.loads(a_text)  # what the file holds (tomli_w's multi-line strings turn CR LF into LF)
+    assert render_toml(held, a_text) == a_text  # same content: byte-identical
+    b_text = render_toml(b_data, a_text)
+    loaded = tomllib.loads(b_text)
+    assert same_toml_value(loaded, tomllib.loads(tomli_w.dumps(b_data)))
+    assert same_toml_value(loaded, b_data)
+    assert machine_from_toml("web1", loaded) == machine_from_toml("web1", b_data)  # b as stored (whole seconds)
+    if style == "annotated":
+        assert b_text.startswith("# header\n")
+        assert all(f"# about {key}\n" in b_text for key in a_data)  # comment lines are never dropped
