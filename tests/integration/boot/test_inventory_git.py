@@ -99,6 +99,52 @@ def test_writing_the_same_content_makes_no_empty_commit(repo: Path) -> None:
     assert git(repo, "rev-parse", "HEAD") == before
 
 
+HAND_WRITTEN = """\
+# web1: front web server, rack 3. Ask ops before changing the profile.
+
+mac = "52:54:00:12:34:56"  # on-board NIC
+arch = "x86_64"
+profile = "local"
+
+# Same address as in the old DHCP server.
+ip = "10.0.0.5"
+notes = '''
+Disk replaced 2024-03.
+'''
+created = 2024-05-01T12:00:00Z
+updated = 2024-05-01T12:00:00Z
+"""
+
+
+def test_a_change_to_a_hand_written_file_commits_a_minimal_diff(repo: Path) -> None:
+    path = repo / "machines/web1.toml"
+    path.parent.mkdir()
+    path.write_text(HAND_WRITTEN)
+    git(repo, "add", "machines/web1.toml")
+    git(repo, "-c", "user.name=ops", "-c", "user.email=ops@example.invalid", "commit", "-q", "-m", "by hand")
+    inv = Inventory(repo)
+    machine = inv.machine("web1")
+    assert machine is not None
+
+    result = inv.put_machine(machine.with_changes(profile="discovered"), **ALICE)
+    assert result.commit == last_commit(repo)["sha"]
+    diff = git(repo, "show", "--format=", "--unified=0", "HEAD")
+    lines = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    removed = [line[1:] for line in lines if line[0] == "-"]
+    added = [line[1:] for line in lines if line[0] == "+"]
+    assert removed == ['profile = "local"', "updated = 2024-05-01T12:00:00Z"]
+    assert len(added) == 2 and added[0] == 'profile = "discovered"' and added[1].startswith("updated = 20")
+    text = path.read_text()
+    assert "# web1: front web server" in text and "# on-board NIC" in text and "notes = '''\n" in text
+
+    head = last_commit(repo)["sha"]
+    unchanged = inv.machine("web1")
+    assert unchanged is not None
+    again = inv.put_machine(unchanged, **ALICE)
+    assert again.commit is None and again.git_error is None and last_commit(repo)["sha"] == head
+    assert path.read_text() == text
+
+
 def test_a_failing_commit_is_reported_and_the_file_stands(repo: Path) -> None:
     hook = repo / ".git/hooks/pre-commit"
     hook.write_text("#!/bin/sh\necho 'policy: no commits today' >&2\nexit 1\n")
