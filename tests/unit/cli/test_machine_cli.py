@@ -137,3 +137,16 @@ def test_profiles(real_api, cli, error_line, tmp_path: Path) -> None:  # type: i
     assert "used by 1 machine(s): web1" in error_line(cli("profile", "rm", "disk"))
     ok(cli("machine", "rm", "web1"))
     assert ok(cli("profile", "rm", "disk")) == "profile disk removed\n"
+
+
+def test_set_profile_keeps_the_comments_in_the_file(real_api, cli) -> None:  # type: ignore[no-untyped-def]
+    ok(cli("machine", "add", "web1", "--mac", "52:54:00:12:34:56", "--ip", "10.0.0.5"))
+    file = real_api.settings.inventory_path / "machines/web1.toml"
+    annotated_ip = '\n# reserved in the old DHCP server too\nip = "10.0.0.5"  # rack 3\n'
+    header = "# web1: ask ops before reinstalling\n"
+    file.write_text(header + file.read_text().replace('ip = "10.0.0.5"\n', annotated_ip))
+    ok(cli("machine", "set-profile", "web1", "local"))
+    edited = file.read_text()
+    assert edited.startswith(header)
+    assert annotated_ip in edited
+    assert tomllib.loads(edited)["profile"] == "local"
