@@ -167,11 +167,15 @@ def render_toml(data: Mapping[str, Any], previous: str | None = None) -> str:
         # where tomllib (and so the records) reads LF.
         held = tomllib.loads(previous)
         document = tomlkit.parse(previous)
+        first_line = previous.split("\n", 1)[0]
+        newline = "\r\n" if first_line.endswith("\r") else "\n"  # a new line ends like the file's lines
         for key in [key for key in document if key not in data]:
             del document[key]
         for key, value in data.items():
             if key not in document:
-                document[key] = tomlkit.item(value)
+                added = tomlkit.item(value)
+                added.trivia.trail = newline
+                document[key] = added
             elif key not in held or not same_toml_value(held[key], value):
                 document[key] = _replacement(value, document.item(key))
         edited = document.as_string()

@@ -469,6 +469,11 @@ def test_a_windows_line_ending_file_is_edited_in_place_not_rewritten(inv: Invent
     inv.put_machine(machine.with_changes(profile="discovered"), **WHO)
     removed, added = changed_lines(crlf.decode(), path.read_bytes().decode())
     assert removed == ['profile = "local"', "updated = 2024-05-01T12:00:00Z"] and len(added) == 2
+    changed = inv.machine("web1")
+    assert changed is not None
+    inv.put_machine(changed.with_changes(hostname="web1.example.org", groups=("rack3",)), **WHO)
+    text = path.read_bytes().decode()
+    assert text.endswith('hostname = "web1.example.org"\r\n') and "\n" not in text.replace("\r\n", "")  # no mixed ends
 
 
 IPXE_PROFILE = '''\
