@@ -258,6 +258,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _existing_text(path: Path) -> str | None:
     """The file's current text to edit, or None to write afresh (missing, unreadable, huge, not UTF-8)."""
+    if not path.is_file():  # a FIFO would block the read; a directory fails the write with a clear error
+        return None
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
@@ -525,8 +527,10 @@ class Inventory:
             stored = machine.with_changes(
                 created=machine.created or (previous.created if previous else None) or now, updated=now
             )
-            if previous is not None and stored.with_changes(updated=previous.updated) == previous:
-                stored = previous  # nothing changed: no new 'updated', so no diff and no commit
+            if previous is not None and previous == machine.with_changes(
+                created=machine.created or previous.created, updated=previous.updated
+            ):
+                stored = previous  # nothing changed: no new stamps, so no diff and no commit
             return self._write("machines", machine.name, machine_to_toml(stored), actor, reason, request_id)
 
     def remove_machine(self, name: str, *, actor: str, reason: str, request_id: str = "") -> WriteResult:

@@ -451,6 +451,13 @@ def test_a_write_that_changes_nothing_leaves_the_file_byte_identical(inv: Invent
     assert path.read_text() == HAND_WRITTEN
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not even rewritten
     assert inv.machine("web1") == machine  # and 'updated' did not move
+    by_hand = 'mac = "52:54:00:00:00:01"  # no stamps, written by hand\narch = "x86_64"\n'
+    bare = write(inv, "machines/db1.toml", by_hand)
+    inv.refresh(wait=True)
+    db1 = inv.machine("db1")
+    assert db1 is not None and db1.created is None
+    inv.put_machine(db1, **WHO)
+    assert bare.read_text() == by_hand  # no created/updated added either
     inv.put_profile(DEB, **WHO)
     profile_text = (inv.root / "profiles/deb.toml").read_bytes()
     inv.put_profile(DEB, **WHO)
