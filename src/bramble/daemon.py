@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -280,6 +281,10 @@ async def serve(settings: Settings) -> None:
             server = uvicorn.Server(config)
             # brambled owns SIGTERM/SIGINT so it can stop the agent after the server.
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        # Everything built so far (modules, app, drivers: ~150k objects) lives as long as the daemon. Left
+        # to the collector, each full collection walks all of it again, which at thousands of DHCP packets
+        # a second cost ~9 us per exchange; frozen, collections look only at what came after start-up.
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
