@@ -112,6 +112,15 @@ class BootSettings(_Section):
     default_profile: str = "discovered"
 
 
+class AuditSettings(_Section):
+    """How long the audit log keeps events (days; 0 keeps them forever). Boot traffic (DHCP, TFTP, HTTP
+    boot, syslog) is by far the most plentiful, so it has its own, shorter age."""
+
+    retention_days: float = Field(default=365.0, ge=0)
+    boot_traffic_retention_days: float = Field(default=30.0, ge=0)
+    prune_interval_seconds: float = Field(default=3600.0, ge=10)
+
+
 class Settings(BaseSettings):
     """Everything brambled reads at start-up."""
 
@@ -130,6 +139,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = AgentSettings()
     boot: BootSettings = BootSettings()
     network: NetworkSettings = NetworkSettings()
+    audit: AuditSettings = AuditSettings()
 
     @field_validator("state_dir")
     @classmethod

@@ -28,6 +28,7 @@ from bramble.agent.cache import NodeCache
 from bramble.agent.metadata import MetadataService
 from bramble.agent.network import NodeNetworks
 from bramble.api.app import create_app
+from bramble.audit.retention import AuditPruner, RetentionPolicy
 from bramble.boot.inventory import Inventory
 from bramble.compute.driver import ComputeDriver
 from bramble.config import ConfigError, Settings, load_settings
@@ -131,8 +132,11 @@ class Services:
     boot: BootRole | None = None
     observations: ObservationLog | None = None
     storage_pools: StorageRegistry | None = None
+    pruner: AuditPruner | None = None
 
     async def close(self) -> None:
+        if self.pruner is not None:
+            await self.pruner.close()
         if self.boot is not None:
             await self.boot.close()
         if self.observations is not None:
@@ -217,7 +221,14 @@ async def build_services(settings: Settings, compute: ComputeDriver | None = Non
     if "boot" in settings.roles:
         boot, observations = await start_boot_role(settings, db, inventory)
         cloud.deps.boot = boot
-    return Services(settings, db, cloud, agent, token, boot, observations, pools)
+    # Every node prunes: a lone node must, and on PostgreSQL a row one node deleted is not found by another.
+    pruner = AuditPruner(
+        db,
+        RetentionPolicy(settings.audit.retention_days, settings.audit.boot_traffic_retention_days),
+        interval=settings.audit.prune_interval_seconds,
+    )
+    pruner.start()
+    return Services(settings, db, cloud, agent, token, boot, observations, pools, pruner)
 
 
 def make_cache(settings: Settings, compute: ComputeDriver) -> NodeCache | None:

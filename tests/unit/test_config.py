@@ -44,3 +44,12 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, words: str) -> None:
 def test_missing_file_given_explicitly(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_audit_retention_defaults_and_a_negative_age_is_refused(tmp_path: Path) -> None:
+    settings = load_settings(None, state_dir=tmp_path)
+    assert (settings.audit.retention_days, settings.audit.boot_traffic_retention_days) == (365, 30)
+    config = tmp_path / "brambled.toml"
+    config.write_text("[audit]\nboot_traffic_retention_days = -1\n")
+    with pytest.raises(ConfigError, match=r"audit\.boot_traffic_retention_days: .*greater than or equal to 0"):
+        load_settings(config)
