@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -27,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
+
+from bramble.boot.confine import opened_below
 
 __all__ = ["BootHttpServer", "HttpBootEvent", "normalise_mac"]
 
@@ -61,8 +62,26 @@ def normalise_mac(text: str) -> str | None:
 
 
 class _BootFile(FileResponse):
+    """Serves the descriptor ``open_under`` checked (through its /proc/self/fd path, which names that
+    open file, not a path to look up again), and closes it when the response is done."""
+
     # Starlette's 64 KiB default costs a thread hop per chunk; 1 MiB keeps a 32 MiB kernel fast.
     chunk_size = 1024 * 1024
+
+    def __init__(self, fd: int, info: os.stat_result) -> None:
+        super().__init__(f"/proc/self/fd/{fd}", stat_result=info, media_type="application/octet-stream")
+        self._fd: int | None = fd
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class _Refused(Exception):
@@ -75,11 +94,12 @@ def _text(status: int, message: str) -> Response:
     return PlainTextResponse(message + "\n", status_code=status)
 
 
-def resolve_under(root: Path, requested: str) -> tuple[Path, os.stat_result]:
-    """The regular file ``requested`` names below ``root``, or `_Refused` with a 4xx.
+def open_under(root: Path, requested: str) -> tuple[int, os.stat_result]:
+    """An open descriptor of the regular file ``requested`` names below ``root``, or `_Refused` with a 4xx.
 
     The request path is rejected outright when it is absolute or has ``..``/``.``/empty parts or a
-    NUL; what is left is resolved (following symlinks) and must still lie below the resolved root.
+    NUL; what is left is resolved (following symlinks) and must still lie below the resolved root,
+    and so must the file actually opened (`opened_below`): the caller serves that descriptor.
     """
     if "\0" in requested:
         raise _Refused(400, "bad path: NUL byte")
@@ -98,14 +118,22 @@ def resolve_under(root: Path, requested: str) -> tuple[Path, os.stat_result]:
     if not target.is_relative_to(real_root):
         raise _Refused(403, f"outside the files root: {requested}")
     try:
-        info = target.stat()
+        # O_NONBLOCK: opening a FIFO someone put there must not hang a worker thread
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except PermissionError:
+        raise _Refused(403, f"not readable: {requested}") from None
     except OSError:
         raise _Refused(404, f"not found: {requested}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise _Refused(404, f"not a file: {requested}")
-    if not os.access(target, os.R_OK):
-        raise _Refused(403, f"not readable: {requested}")
-    return target, info
+    try:
+        if not opened_below(fd, real_root):  # the tree changed between the check and the open
+            raise _Refused(403, f"outside the files root: {requested}")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Refused(404, f"not a file: {requested}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -274,8 +302,7 @@ class BootHttpServer:
     async def _file(self, request: Request) -> Response:
         requested: str = request.path_params["path"]
         try:
-            target, info = await asyncio.to_thread(resolve_under, self.files_root, requested)
+            fd, info = await asyncio.to_thread(open_under, self.files_root, requested)
         except _Refused as refused:
             return _text(refused.status, refused.message)
-        headers: dict[str, Any] = {}
-        return _BootFile(target, stat_result=info, headers=headers, media_type="application/octet-stream")
+        return _BootFile(fd, info)

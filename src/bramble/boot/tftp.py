@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from bramble.boot.confine import opened_below
 from bramble.proto.tftp import (
     BLKSIZE_MAX,
     BLKSIZE_MIN,
@@ -743,6 +744,8 @@ class TftpServer:
         except OSError:
             raise _RequestRefused(ErrorCode.ACCESS_VIOLATION, "access violation", "denied") from None
         try:
+            if not opened_below(fd, self.root):  # the tree changed between the check and the open
+                raise _RequestRefused(ErrorCode.ACCESS_VIOLATION, "access violation", "denied")
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise _RequestRefused(ErrorCode.ACCESS_VIOLATION, "not a regular file", "denied")

@@ -261,6 +261,37 @@ async def test_client_abort_mid_download_is_an_event_and_server_keeps_serving(ht
     assert done.stdout == b"spaces\n"
 
 
+def _descriptors_into(root: Path) -> list[str]:
+    """This process's open files below ``root`` (the server serves the descriptor it checked)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root.resolve()) + "/"):
+            found.append(target)
+    return found
+
+
+async def test_every_file_descriptor_is_closed_after_full_ranged_head_refused_and_aborted_requests(
+    http: Running, files_root: Path
+) -> None:
+    for args in (
+        ("-o", "/dev/null", http.url("/files/initrd.gz")),
+        ("-o", "/dev/null", "-r", "0-99,200-299", http.url("/files/initrd.gz")),
+        ("-o", "/dev/null", "-r", "5-9", http.url("/files/inside-link")),
+        ("-I", http.url("/files/initrd.gz")),
+        ("-o", "/dev/null", "-r", "999999999-", http.url("/files/initrd.gz")),  # 416
+        ("-o", "/dev/null", "--limit-rate", "4M", "-m", "0.5", http.url("/files/debian/vmlinuz")),  # aborted
+    ):
+        await http.curl(*args)
+    await http.event_count(6)
+    with anyio.fail_after(10):  # the aborted response notices the gone client on its next write
+        while _descriptors_into(files_root):
+            await anyio.sleep(0.05)
+
+
 async def test_port_zero_gets_an_ephemeral_port_and_close_frees_it(files_root: Path) -> None:
     server = BootHttpServer(files_root, _script_for, host=HOST, port=0)
     await server.start()

@@ -254,6 +254,37 @@ async def test_paths_outside_the_root_are_access_violations(srv: Running, name: 
     assert srv.server.stats["errors_sent"] == 1
 
 
+async def test_a_file_swapped_in_after_the_path_check_is_refused(
+    srv: Running, boot_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tree changes between the server's path check and its open (a directory on the way becomes a
+    symlink out of the root): the server asks the kernel what it opened, refuses it and closes it."""
+    from bramble.boot import tftp
+
+    real_open = os.open
+    opened: list[int] = []
+
+    def swapped(path: object, flags: int, *args: object) -> int:
+        fd = real_open(boot_root.parent / "secret", flags, *args)
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(tftp.os, "open", swapped)
+    reply = await anyio.to_thread.run_sync(_error_for, srv.server.port, ReadRequest("small.bin"))
+    assert reply.code is ErrorCode.ACCESS_VIOLATION
+    assert (await srv.event()).outcome == "denied"
+    secret = str((boot_root.parent / "secret").resolve())
+    left_open = [fd for fd in opened if _fd_target(fd) == secret]  # the number may be reused by now
+    assert opened and not left_open
+
+
+def _fd_target(fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
 async def test_symlink_inside_root_is_served(srv: Running, boot_root: Path) -> None:
     with Client(srv.server.port) as client:
         data = await anyio.to_thread.run_sync(client.get, "inside-link")
