@@ -112,19 +112,26 @@ def test_fuzzed_datagrams_are_dropped_counted_logged_and_the_server_keeps_servin
         send()
         sender.close()
         deadline = time.monotonic() + 20
+
         # The server counts a datagram as received before it finishes with it (in the loop's thread):
-        # wait until each is also malformed or has its event.
+        # wait until each is also malformed or has its event. A DISCOVER-shaped datagram that waited
+        # over 0.5 s in the server's queue is shed instead (counted), as under any overload: this
+        # thread's hypothesis shares the GIL with the server's and can starve it on a busy machine.
+        def handled() -> int:
+            return server.stats["received"] + server.stats["shed"]
+
         while (
-            server.stats["received"] < sent or len(events) + server.stats["malformed"] < sent
+            handled() < sent or len(events) + server.stats["malformed"] < server.stats["received"]
         ) and time.monotonic() < deadline:
             time.sleep(0.02)
         stats = dict(server.stats)
-        assert stats["received"] == sent
+        assert stats["received"] + stats["shed"] == sent, stats
+        assert stats["shed"] < sent // 10, stats  # shedding is the exception, not how this test passes
         assert stats["malformed"] > 0  # the decoder refused some, and said so
         assert stats["errors"] == 0, stats  # no datagram reached an unexpected exception
         assert any("malformed datagram" in r.getMessage() for r in caplog.records)
         # Everything not malformed was decided (answered or deliberately ignored), each with an event.
-        assert len(events) == sent - stats["malformed"]
+        assert len(events) == stats["received"] - stats["malformed"]
 
         # Drain what the fuzzing produced, then a normal DORA still works.
         relay.settimeout(0.2)
