@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_FILE = Path("/etc/bramble/brambled.toml")
@@ -113,12 +113,27 @@ class BootSettings(_Section):
 
 
 class AuditSettings(_Section):
-    """How long the audit log keeps events (days; 0 keeps them forever). Boot traffic (DHCP, TFTP, HTTP
-    boot, syslog) is by far the most plentiful, so it has its own, shorter age."""
+    """How long the audit log keeps events (days; 0 keeps them forever), and how the boot role's
+    observations are held during a storm (see ``bramble.core.observations``). Boot traffic (DHCP,
+    TFTP, HTTP boot, syslog) is by far the most plentiful, so it has its own, shorter age."""
 
     retention_days: float = Field(default=365.0, ge=0)
     boot_traffic_retention_days: float = Field(default=30.0, ge=0)
     prune_interval_seconds: float = Field(default=3600.0, ge=10)
+    # About 1.3 KB of memory per held observation.
+    storm_observations_per_second: float = Field(default=500.0, gt=0)
+    storm_hold_rows: int = Field(default=20_000, ge=0)
+    storm_hold_seconds: float = Field(default=10.0, ge=0)
+    observations_max_queued: int = Field(default=50_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _hold_fits_the_queue(self) -> AuditSettings:
+        if self.storm_hold_rows > self.observations_max_queued:
+            raise ValueError(
+                f"storm_hold_rows ({self.storm_hold_rows}) is over observations_max_queued "
+                f"({self.observations_max_queued}): the queue would drop rows before the hold ends"
+            )
+        return self
 
 
 class Settings(BaseSettings):

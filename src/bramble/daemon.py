@@ -243,11 +243,23 @@ def make_cache(settings: Settings, compute: ComputeDriver) -> NodeCache | None:
         return None
 
 
+def observation_log(settings: Settings, db: Database) -> ObservationLog:
+    """The batched audit writer for high-volume observations, with the storm hold from ``[audit]``."""
+    audit = settings.audit
+    return ObservationLog(
+        db,
+        max_queued=audit.observations_max_queued,
+        storm_rate=audit.storm_observations_per_second,
+        storm_backlog=audit.storm_hold_rows,
+        storm_delay_seconds=audit.storm_hold_seconds,
+    )
+
+
 async def start_boot_role(settings: Settings, db: Database, inventory: Inventory) -> tuple[BootRole, ObservationLog]:
     """DHCP, TFTP, HTTP boot, syslog and WoL; every interaction goes to the audit log in batches."""
     from bramble.boot.role import BootRole  # only daemons with the boot role load the boot servers
 
-    observations = ObservationLog(db)
+    observations = observation_log(settings, db)
     observations.start()
     actor = f"boot:{settings.node_name or socket.gethostname()}"
 

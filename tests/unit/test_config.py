@@ -53,3 +53,21 @@ def test_audit_retention_defaults_and_a_negative_age_is_refused(tmp_path: Path) 
     config.write_text("[audit]\nboot_traffic_retention_days = -1\n")
     with pytest.raises(ConfigError, match=r"audit\.boot_traffic_retention_days: .*greater than or equal to 0"):
         load_settings(config)
+
+
+def test_storm_hold_settings_reach_the_observation_log_and_must_fit_the_queue(tmp_path: Path) -> None:
+    from bramble.core.observations import Observation
+    from bramble.daemon import observation_log
+    from bramble.db.session import Database
+
+    config = tmp_path / "brambled.toml"
+    config.write_text("[audit]\nstorm_hold_rows = 60000\n")
+    with pytest.raises(ConfigError, match=r"storm_hold_rows \(60000\) is over observations_max_queued \(50000\)"):
+        load_settings(config)
+
+    config.write_text("[audit]\nobservations_max_queued = 1000\nstorm_hold_rows = 500\n")
+    settings = load_settings(config, state_dir=tmp_path)
+    log = observation_log(settings, Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"))
+    for i in range(1001):  # not started: everything queues, and the 1001st is over the configured bound
+        log.observe(Observation("t", "boot.dhcp", "mac/x", str(i)))
+    assert log.stats["observed"] == 1000 and log.stats["dropped"] == 1
