@@ -119,6 +119,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = work / "server.log"
         self.state_dir = work / "state"  # brambled's
+        self.stdout_text = ""  # what bramble-lib printed after "ready" (its stats), read at stop
 
     def start(self) -> None:
         env = dict(os.environ)
@@ -276,6 +277,7 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         if self.proc.stdout is not None:
+            self.stdout_text = self.proc.stdout.read().decode(errors="replace")
             self.proc.stdout.close()
 
 
@@ -292,6 +294,11 @@ class Point:
     audit_rows: int | None = None  # brambled only: boot.dhcp rows in the events table once caught up
     audit_catchup: float = 0.0  # seconds after perfdhcp ended until the audit log stopped growing
     audit_note: str = ""  # e.g. the daemon said its audit log is behind (observations dropped)
+    # Where the drops happened: datagrams the kernel dropped for a full socket buffer in each namespace
+    # (the server's receive queue, perfdhcp's), and DISCOVERs a Bramble server shed (-1: not known).
+    server_rcvbuf_errors: int = 0
+    client_rcvbuf_errors: int = 0
+    shed: int = -1
 
     @property
     def zero_drop(self) -> bool:
@@ -300,6 +307,21 @@ class Point:
     @property
     def acks_per_second(self) -> float:
         return self.acks
+
+
+def udp_rcvbuf_errors(ns: str) -> int:
+    """The namespace's ``Udp: RcvbufErrors`` (/proc/net/snmp is per network namespace)."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], capture_output=True, text=True)
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2:
+        return 0
+    return int(dict(zip(rows[0], rows[1], strict=False)).get("RcvbufErrors", 0))
+
+
+def shed_count(text: str) -> int:
+    """DISCOVERs shed, from the stats a Bramble server prints (bramble-lib) or logs (brambled) as it stops."""
+    found = re.findall(r"'shed': (\d+)|shed (\d+)", text)
+    return sum(int(a or b) for a, b in found) if found else -1
 
 
 def parse_perfdhcp(text: str, server: str, rate: int, seconds: float) -> Point:
@@ -327,6 +349,7 @@ def run_point(
         try:
             server.start()
             time.sleep(0.5)  # raw sockets and interface detection settle (Kea)
+            errors0 = udp_rcvbuf_errors(server_ns), udp_rcvbuf_errors(client_ns)
             user0, sys0 = server.cpu_seconds()
             perf = subprocess.run(
                 ["ip", "netns", "exec", client_ns, "perfdhcp", "-4", "-l", "veth-c", "-r", str(rate),
@@ -334,6 +357,7 @@ def run_point(
                 capture_output=True, text=True, timeout=seconds + 60, check=False,
             )  # fmt: skip
             user1, sys1 = server.cpu_seconds()
+            errors1 = udp_rcvbuf_errors(server_ns), udp_rcvbuf_errors(client_ns)
             if name == "bramble":
                 audit = wait_for_audit(server)
                 _, _, user1, sys1 = audit
@@ -341,6 +365,9 @@ def run_point(
             server.stop()
         point = parse_perfdhcp(perf.stdout, name, rate, seconds)
         point.server_cpu, point.server_sys = user1 - user0 + sys1 - sys0, sys1 - sys0
+        point.server_rcvbuf_errors, point.client_rcvbuf_errors = errors1[0] - errors0[0], errors1[1] - errors0[1]
+        if name.startswith("bramble"):
+            point.shed = shed_count(server.log_tail(10**7) + server.stdout_text)
         if name == "bramble":
             point.audit_rows, point.audit_catchup = audit[0], audit[1]
             final = server.audit_rows()  # after the daemon's shutdown flush
@@ -441,6 +468,9 @@ def point_line(point: Point) -> str:
         f"REQUEST {point.sent_request} ACK {point.acks} server CPU {point.server_cpu:.2f} s "
         f"({point.server_sys:.2f} s kernel)" + ("  zero drops" if point.zero_drop else "")
     )
+    if not point.zero_drop:  # where they were lost
+        shed = f", shed {point.shed}" if point.shed >= 0 else ""
+        line += f"; socket overflows: server {point.server_rcvbuf_errors}, perfdhcp {point.client_rcvbuf_errors}{shed}"
     if point.server == "bramble":
         rows = "?" if point.audit_rows is None else str(point.audit_rows)
         per_dora = f" = {point.audit_rows / point.acks:.2f}/DORA" if point.audit_rows is not None and point.acks else ""

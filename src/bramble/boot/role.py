@@ -231,6 +231,9 @@ class BootRole:
 
     async def close(self) -> None:
         self.release_held_offers(None)  # an exchange cut short by shutdown is still recorded
+        for link in self._links:  # what each server did in its life: the operator's first look after a storm
+            counts = ", ".join(f"{name} {count}" for name, count in link.dhcp.stats.items())
+            log.info("dhcp on %s stopping: %s", link.settings.name, counts)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
