@@ -193,8 +193,9 @@ def decode(data: bytes) -> Packet:
         fields = _split_fields(body[2:], "ERROR")
         if len(fields) != 1:
             raise TftpDecodeError("ERROR: data after message terminator")
-        # The message is only for humans: keep it readable rather than rejecting the packet.
-        return Error(code, fields[0].decode("ascii", errors="replace"))
+        # The message is only for humans: keep it readable rather than rejecting the packet, and ASCII
+        # ("?" for other bytes) so that what we decoded can be encoded again.
+        return Error(code, fields[0].decode("ascii", errors="replace").replace("\ufffd", "?"))
     # OACK
     options = _decode_options(_split_fields(body, "OACK"), "OACK")
     if not options:
