@@ -20,6 +20,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bramble.network.conntrack import cut_disallowed
 from bramble.network.driver import (
     BRIDGE_PREFIX,
     TAP_PREFIX,
@@ -225,6 +226,11 @@ class BridgeDriver(NetworkDriver):
         except ValueError as exc:
             raise NetworkError(f"invalid security policy (nothing applied): {exc}") from None
         self.firewall.apply(ruleset)  # only the elements that changed, or both tables whole
+        if self.firewall.last_removed:  # open connections the rules no longer allow are cut
+            try:
+                cut_disallowed(policies, address_sets)
+            except (OSError, NetlinkError) as exc:  # the rules are in force; connections opened before stay
+                log.warning("could not check open connections against the new security rules: %s", exc)
 
     def apply_floating_ips(self, floating: Sequence[FloatingIp]) -> None:
         try:

@@ -447,11 +447,15 @@ class SecurityFirewall:
         self._generation = secrets.randbelow(65535) + 1
         self._lock = threading.Lock()
         self.last_mode = ""  # how the last successful apply went: "delta" or "full"
+        # Whether the last successful apply may have taken an allowance away (an element or the
+        # structure went, or what was loaded before is unknown): open connections need checking then.
+        self.last_removed = False
 
     def apply(self, ruleset: SecurityRuleset, *, full: bool = False) -> str:
         """Load ``ruleset``; ``full`` forces the whole replace. Returns ``"delta"`` or ``"full"``."""
         with self._lock:
             following = self._generation % 65535 + 1
+            removed = self._applied is None or _takes_away(self._applied, ruleset)
             if self._applied is not None and not full:
                 delta = ruleset.delta_text(self._applied, following, self._generation)
                 if delta is not None:
@@ -461,11 +465,19 @@ class SecurityFirewall:
                         log.warning("incremental firewall update refused, replacing the tables whole: %s", exc)
                     else:
                         self._applied, self._generation, self.last_mode = ruleset, following, "delta"
+                        self.last_removed = removed
                         return "delta"
             self._applied = None  # unknown until a full replace works
             self._nft.apply_text(ruleset.full_text(following))
             self._applied, self._generation, self.last_mode = ruleset, following, "full"
+            self.last_removed = removed
             return "full"
+
+
+def _takes_away(old: SecurityRuleset, new: SecurityRuleset) -> bool:
+    return old.structure != new.structure or any(
+        elems - new.elements.get(key, frozenset()) for key, elems in old.elements.items()
+    )
 
 
 # -- NAT ----------------------------------------------------------------------------------------------

@@ -107,6 +107,30 @@ class Lab:
     def peer_server(self, namespace: str, bind: str, port: int) -> None:
         self.serve(namespace, SYSTEM_PYTHON, str(HERE / "peer_server.py"), bind, str(port), ready_port=port)
 
+    def echo_server(self, namespace: str, bind: str, port: int) -> None:
+        self.serve(namespace, SYSTEM_PYTHON, str(HERE / "peer_server.py"), bind, str(port), "echo", ready_port=port)
+
+    def held_connection(self, namespace: str, ip: str, port: int) -> HeldConnection:
+        """A TCP connection from ``namespace`` to an ``echo_server`` that stays open until the lab closes."""
+        code = (
+            "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); "
+            "f=s.makefile('rb'); print(f.readline().decode().strip(), flush=True); s.settimeout(2)\n"
+            "for line in sys.stdin:\n"
+            "    try:\n"
+            "        s.sendall(b'ping\\n'); print('echo' if f.readline() == b'ping\\n' else 'closed', flush=True)\n"
+            "    except OSError as e:\n"
+            "        print(type(e).__name__, flush=True)\n"
+        )
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, SYSTEM_PYTHON, "-c", code, ip, str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.processes.append(proc)  # type: ignore[arg-type]  # stopped by PID with the others
+        return HeldConnection(proc)
+
     def connect(self, namespace: str, ip: str, port: int, source: str | None = None) -> str | None:
         """The server's answer (the address it saw us as), or None if the connection failed."""
         bind = f"s.bind(({source!r}, 0)); " if source else ""
@@ -128,8 +152,28 @@ class Lab:
                     proc.kill()
                     proc.wait(timeout=5)
             assert not pid_alive(proc.pid)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         for name in reversed(self.namespaces):
             run("ip", "netns", "delete", name, check=False)
+
+
+class HeldConnection:
+    """The client end of a ``Lab.held_connection``: ``greeting`` is the address the server saw."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        assert proc.stdout is not None
+        self.greeting = proc.stdout.readline().strip()
+
+    def ping(self) -> str:
+        """ "echo" when a line went to the server and came back; else what stopped it ("TimeoutError",
+        "ConnectionResetError", "closed")."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
 
 
 @contextmanager

@@ -184,6 +184,33 @@ def test_security_groups_live_update_without_recreating_anything(net_lab: Lab) -
     assert vms.indexes() == before  # nothing was recreated: same bridge and ports throughout
 
 
+def test_removing_a_rule_cuts_the_open_connections_it_allowed(net_lab: Lab) -> None:
+    """The firewall lets established connections pass; a removed rule must still end the ones it let in
+    (conntrack entries deleted), while connections the new rules allow keep running."""
+    vms = _Vms(net_lab, 21)
+    from_c = (*SSH_FROM_WEB, GroupRule("ingress", "tcp", 2222, cidr=IPv4Network(f"{vms.ip['c']}/32")))
+    net_lab.echo_server(vms.ns["b"], "0.0.0.0", 2200)
+    net_lab.echo_server(vms.ns["b"], "0.0.0.0", 2222)
+    ssh_range = (
+        GroupRule("ingress", "tcp", 2200, 2299, remote_group="web"),
+        *from_c[1:],
+    )
+    vms.apply(ssh_range)
+    a_to_b = net_lab.held_connection(vms.ns["a"], vms.ip["b"], 2200)
+    c_to_b = net_lab.held_connection(vms.ns["c"], vms.ip["b"], 2222)
+    assert (a_to_b.greeting, c_to_b.greeting) == (vms.ip["a"], vms.ip["c"])
+    assert a_to_b.ping() == c_to_b.ping() == "echo"
+
+    vms.apply((*SSH_FROM_WEB, from_c[-1]))  # web's port range goes (22 and c's 2222 stay)
+    assert a_to_b.ping() != "echo"  # cut: its next segment is not part of any tracked connection
+    assert c_to_b.ping() == "echo"  # still allowed, untouched
+    assert vms.ssh("a", "b") == vms.ip["a"]
+
+    vms.apply(SSH_FROM_WEB)  # c's rule goes too
+    assert c_to_b.ping() != "echo"
+    assert net_lab.held_connection(vms.ns["c"], vms.ip["b"], 2222).greeting == ""  # and no new one
+
+
 def test_incremental_updates_enforce_what_a_full_replace_does(net_lab: Lab) -> None:
     vms = _Vms(net_lab, 60)
     # c may reach tcp/22 by address (a cidr rule): same structure as SSH_FROM_WEB, other elements
