@@ -20,7 +20,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from bramble.network.conntrack import cut_disallowed
+from bramble.network.conntrack import cut_disallowed, cut_floating
 from bramble.network.driver import (
     BRIDGE_PREFIX,
     TAP_PREFIX,
@@ -120,6 +120,7 @@ class BridgeDriver(NetworkDriver):
     def __init__(self) -> None:
         self._nft = Nft()
         self.firewall = SecurityFirewall(self._nft)  # security tables: incremental after the first apply
+        self._floating_applied: dict[IPv4Address, IPv4Address] | None = None  # public -> private, last applied
 
     # -- links ------------------------------------------------------------------------------------
 
@@ -240,13 +241,23 @@ class BridgeDriver(NetworkDriver):
         if floating:  # the public address is DNATed to a VM behind a bridge: the host routes between them
             _write_sysctl(IP_FORWARD, "1", "floating IPs need IPv4 forwarding")
         self._nft.apply(commands)
-        self._sync_uplink_addresses(floating)
+        detached = self._sync_uplink_addresses(floating)
+        mapped = {f.public_ip: f.private_ip for f in floating}
+        previous = self._floating_applied
+        if detached or previous is None or any(mapped.get(public) != private for public, private in previous.items()):
+            try:  # a translation went or changed: the connections made through it go too
+                cut_floating(mapped, detached)
+            except OSError as exc:
+                log.warning("could not cut connections through detached floating IPs: %s", exc)
+        self._floating_applied = mapped
 
-    def _sync_uplink_addresses(self, floating: Sequence[FloatingIp]) -> None:
-        """Each floating IP as a /32 on its uplink (so the host answers ARP for it), none left over.
+    def _sync_uplink_addresses(self, floating: Sequence[FloatingIp]) -> set[IPv4Address]:
+        """Each floating IP as a /32 on its uplink (so the host answers ARP for it), none left over;
+        returns the addresses removed.
 
         Our addresses are recognised by their IFA_PROTO mark, so an operator's own /32s are never removed.
         """
+        removed: set[IPv4Address] = set()
         wanted = {(f.uplink, str(f.public_ip)) for f in floating if f.uplink is not None}
         with IPRoute() as ipr:
             held: set[tuple[str, str]] = set()
@@ -259,11 +270,13 @@ class BridgeDriver(NetworkDriver):
                     held.add(key)
                 else:
                     ipr.addr("del", index=addr["index"], address=key[1], prefixlen=32)
+                    removed.add(IPv4Address(key[1]))
             for uplink, address in sorted(wanted - held, key=str):
                 index = self._index(ipr, uplink) if uplink else None
                 if index is None:
                     raise NetworkError(f"uplink {uplink} for floating IP {address} does not exist")
                 ipr.addr("add", index=index, address=address, prefixlen=32, proto=FIP_LABEL_PROTO)
+        return removed
 
     # -- observation ------------------------------------------------------------------------------
 

@@ -125,6 +125,38 @@ def cut_disallowed(policies: Sequence[SecurityPolicy], address_sets: Mapping[str
     return sum(gone)
 
 
+def stale_floating(
+    entry_flow: tuple[IPv4Address, IPv4Address, IPv4Address, IPv4Address],
+    mapped: Mapping[IPv4Address, IPv4Address],
+    detached: Collection[IPv4Address],
+) -> bool:
+    """Does a connection use a floating IP translation that no longer holds? ``entry_flow`` is
+    (original source, original destination, reply source, reply destination); ``mapped`` the floating
+    IPs now (public -> private), ``detached`` public addresses just taken away."""
+    orig_src, orig_dst, reply_src, reply_dst = entry_flow
+    # DNATed inbound (to orig_dst, really to reply_src); SNATed outbound (from orig_src, seen as reply_dst)
+    inbound = orig_dst != reply_src and (orig_dst in detached or (orig_dst in mapped and mapped[orig_dst] != reply_src))
+    outbound = orig_src != reply_dst and (
+        reply_dst in detached or (reply_dst in mapped and mapped[reply_dst] != orig_src)
+    )
+    return inbound or outbound
+
+
+def cut_floating(mapped: Mapping[IPv4Address, IPv4Address], detached: Collection[IPv4Address]) -> int:
+    """Delete the connections translated by a floating IP that was detached or now maps to another VM
+    (Neutron does the same): without this they keep the old translation until they end. How many went."""
+    doomed = []
+    for entry in _dump_entries():
+        addresses = (entry.orig.saddr, entry.orig.daddr, entry.reply.saddr, entry.reply.daddr)
+        if stale_floating(tuple(IPv4Address(a) for a in addresses), mapped, detached):  # type: ignore[arg-type]
+            doomed.append(entry)
+    if not doomed:
+        return 0
+    cut = sum(_delete_entries(doomed))
+    log.info("cut %d connection(s) through floating IPs that were detached or moved", cut)
+    return cut
+
+
 # -- ctnetlink by hand: pyroute2 0.9 takes ~0.4 ms to parse each dumped entry and ~1 ms a request, so a
 # host tracking 10,000 connections would wait seconds on every rule change; this takes milliseconds. --
 
@@ -298,4 +330,4 @@ def _delete_entries(entries: Sequence[_Entry]) -> list[bool]:
     return deleted
 
 
-__all__ = ["Flow", "by_ip", "cut_disallowed", "flow_allowed"]
+__all__ = ["Flow", "by_ip", "cut_disallowed", "cut_floating", "flow_allowed", "stale_floating"]

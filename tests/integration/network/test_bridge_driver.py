@@ -316,8 +316,16 @@ def test_masquerade_metadata_and_floating_ip(net_lab: Lab, tmp_path: Path) -> No
         ns[name] = net_lab.vm(name, nic.tap, str(nic.ip), 24, "10.77.50.1", nic.mac)
         net_lab.driver(("ensure_tap", (nic,)))
         nics[name] = nic
+    anywhere = IPv4Network("0.0.0.0/0")
     ssh_from_anywhere = SecurityGroup(
-        "pub", "pub", "p1", (GroupRule("ingress", "tcp", 22, cidr=IPv4Network("0.0.0.0/0")), *EGRESS_ONLY)
+        "pub",
+        "pub",
+        "p1",
+        (
+            GroupRule("ingress", "tcp", 22, cidr=anywhere),
+            GroupRule("ingress", "tcp", 2200, cidr=anywhere),
+            *EGRESS_ONLY,
+        ),
     )
     policies, sets = compile_policies(
         [NicMembership(nic, ("pub",)) for nic in nics.values()], {"pub": ssh_from_anywhere}
@@ -358,9 +366,24 @@ def test_masquerade_metadata_and_floating_ip(net_lab: Lab, tmp_path: Path) -> No
     assert net_lab.connect(outside, "198.51.100.50", 22) == "198.51.100.2"
     assert net_lab.connect(ns["b"], "198.51.100.2", 8080) == "198.51.100.50"
     assert net_lab.connect(ns["a"], "198.51.100.2", 8080) == "198.51.100.1"  # a still masqueraded
+    # connections through the floating IP, both ways, held open across its detach
+    net_lab.echo_server(ns["b"], "0.0.0.0", 2200)
+    net_lab.echo_server(outside, "0.0.0.0", 8081)
+    inbound = net_lab.held_connection(outside, "198.51.100.50", 2200)
+    outbound = net_lab.held_connection(ns["b"], "198.51.100.2", 8081)
+    masqueraded = net_lab.held_connection(ns["a"], "198.51.100.2", 8081)
+    assert (inbound.greeting, outbound.greeting, masqueraded.greeting) == (
+        "198.51.100.2",
+        "198.51.100.50",
+        "198.51.100.1",
+    )
+    assert inbound.ping() == outbound.ping() == masqueraded.ping() == "echo"
     net_lab.driver(("apply_floating_ips", ([],)))
     assert "198.51.100.50" not in net_lab.ns(net_lab.host, "ip", "-4", "addr", "show", uplink).stdout
     assert net_lab.connect(outside, "198.51.100.50", 22) is None
+    assert inbound.ping() != "echo"  # the translations went with the address
+    assert outbound.ping() != "echo"
+    assert masqueraded.ping() == "echo"  # a's masqueraded connection is not a floating IP's
 
     net_lab.driver(("remove_network", (spec.id,)))
     (nat,) = net_lab.driver(("nft_list", ("ip", "bramble_nat")))

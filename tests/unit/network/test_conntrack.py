@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from bramble.network.conntrack import Flow, by_ip, flow_allowed
+from bramble.network.conntrack import Flow, by_ip, flow_allowed, stale_floating
 from bramble.network.driver import Rule, SecurityPolicy
 
 A, B, C = IPv4Address("10.0.0.10"), IPv4Address("10.0.0.11"), IPv4Address("10.0.0.12")
@@ -75,3 +75,31 @@ def test_the_same_address_on_two_networks_keeps_what_either_allows() -> None:
     two = by_ip([policy(B), SecurityPolicy("bt-other", "bb-other", "02:00:00:00:01:0b", B, (Rule("tcp", 22),))])
     assert flow_allowed(flow(OUTSIDE, B), two, SETS)
     assert not flow_allowed(flow(OUTSIDE, B, port=80), two, SETS)
+
+
+PUBLIC, OTHER_PUBLIC, UPLINK = IPv4Address("198.51.100.50"), IPv4Address("198.51.100.51"), IPv4Address("198.51.100.1")
+
+
+@pytest.mark.parametrize(
+    ("addresses", "mapped", "detached", "stale", "why"),
+    [
+        ((OUTSIDE, PUBLIC, B, OUTSIDE), {PUBLIC: B}, set(), False, "inbound through a floating IP that holds"),
+        ((OUTSIDE, PUBLIC, B, OUTSIDE), {}, {PUBLIC}, True, "inbound through a detached one"),
+        ((OUTSIDE, PUBLIC, B, OUTSIDE), {PUBLIC: A}, set(), True, "inbound, the address now maps to A"),
+        ((B, OUTSIDE, OUTSIDE, PUBLIC), {PUBLIC: B}, set(), False, "outbound, SNATed to B's floating IP"),
+        ((B, OUTSIDE, OUTSIDE, PUBLIC), {}, {PUBLIC}, True, "outbound through a detached one"),
+        ((B, OUTSIDE, OUTSIDE, PUBLIC), {PUBLIC: A}, set(), True, "outbound, the address now is A's"),
+        ((B, OUTSIDE, OUTSIDE, UPLINK), {}, {PUBLIC}, False, "masqueraded to the uplink: not a floating IP"),
+        ((A, IPv4Address("169.254.169.254"), IPv4Address("10.0.0.1"), A), {}, {PUBLIC}, False, "metadata"),
+        ((OUTSIDE, OTHER_PUBLIC, C, OUTSIDE), {PUBLIC: B}, {PUBLIC}, False, "another floating IP, not ours"),
+        ((A, B, B, A), {}, {PUBLIC}, False, "no translation at all"),
+    ],
+)
+def test_floating_ip_translations_that_no_longer_hold(
+    addresses: tuple[IPv4Address, ...],
+    mapped: dict[IPv4Address, IPv4Address],
+    detached: set[IPv4Address],
+    stale: bool,
+    why: str,
+) -> None:
+    assert stale_floating(addresses, mapped, detached) is stale, why  # type: ignore[arg-type]
