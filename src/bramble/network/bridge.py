@@ -230,8 +230,8 @@ class BridgeDriver(NetworkDriver):
         if self.firewall.last_removed:  # open connections the rules no longer allow are cut
             try:
                 cut_disallowed(policies, address_sets)
-            except (OSError, NetlinkError) as exc:  # the rules are in force; connections opened before stay
-                log.warning("could not check open connections against the new security rules: %s", exc)
+            except Exception:  # the rules are in force whatever happens here; only older connections stay
+                log.exception("could not check open connections against the new security rules")
 
     def apply_floating_ips(self, floating: Sequence[FloatingIp]) -> None:
         try:
@@ -247,8 +247,8 @@ class BridgeDriver(NetworkDriver):
         if detached or previous is None or any(mapped.get(public) != private for public, private in previous.items()):
             try:  # a translation went or changed: the connections made through it go too
                 cut_floating(mapped, detached)
-            except OSError as exc:
-                log.warning("could not cut connections through detached floating IPs: %s", exc)
+            except Exception:  # the translations are gone for new connections whatever happens here
+                log.exception("could not cut connections through detached floating IPs")
         self._floating_applied = mapped
 
     def _sync_uplink_addresses(self, floating: Sequence[FloatingIp]) -> set[IPv4Address]:
