@@ -232,14 +232,15 @@ class Agent:
                 await self.networks.refresh_floating()
             except Exception:  # the next pass tries again
                 log.exception("could not apply the floating IPs")
-        if self.cache is not None and self.cache.tier.running():
+        if self.cache is not None and self.cache.tier.cached():
             try:
                 await self._release_caches()
             except Exception:  # housekeeping: the next pass tries again
                 log.exception("could not release unused image caches")
 
     async def _release_caches(self) -> None:
-        """Stop the cache owners (by PID) that no VM running on this node reads from."""
+        """Stop the cache owners (by PID) that no VM running on this node reads from, and remove the
+        caches of images the cloud no longer has."""
         assert self.cache is not None
         running = []
         for desired in await self.control.desired_vms(self.node):
@@ -247,6 +248,10 @@ class Agent:
                 running.append(desired.spec)
         for image_id in await self.cache.release_unused(running):
             log.info("stopped the cache owner of image %s: no running VM here reads it", image_id)
+        for image_id, freed in await self.cache.sweep_deleted(await self.control.known_image_ids()):
+            message = f"removed this node's cache of deleted image {image_id} ({freed / 2**20:.0f} MiB freed)"
+            log.info("%s", message)
+            await self.control.record_event(self.node, "image.cache_removed", f"image/{image_id}", message)
 
     async def _converge(self, desired: DesiredVm) -> None:
         vm_id = desired.spec.vm_id

@@ -148,6 +148,23 @@ class NodeCache:
                 stopped.append(image_id)
         return stopped
 
+    async def sweep_deleted(self, known_images: set[str]) -> list[tuple[str, int]]:
+        """Remove the caches of images the cloud no longer has: (image id, bytes freed) for each.
+
+        A deleted image's cache would otherwise stay on the node's SSD for good. A cache that an
+        overlay still reads from, or whose owner runs, is left alone (a VM still uses it).
+        """
+        in_use = self.tier.images_in_use()
+        removed = []
+        for image_id in self.tier.cached():
+            if image_id in known_images or image_id in in_use or self.tier.owner_pid(image_id) is not None:
+                continue
+            freed = self.tier.cached_bytes(image_id)
+            await self.tier.drop_image(image_id)
+            self._precached.pop(image_id, None)
+            removed.append((image_id, freed))
+        return removed
+
     async def close(self) -> None:
         """Cancel pre-cache readers; owners keep serving the VMs that keep running."""
         await self.tier.close()

@@ -124,6 +124,11 @@ class NodeService:
         async with self.deps.db.read() as session:
             return set((await session.scalars(select(VmRow.id).where(VmRow.node == node))).all())
 
+    async def known_image_ids(self) -> set[str]:
+        """Every image the database has, whatever its state (a node drops the caches of the others)."""
+        async with self.deps.db.read() as session:
+            return set((await session.scalars(select(ImageRow.id))).all())
+
     async def report_vm_state(self, node: str, runtime: VmRuntime, *, actor: str | None = None) -> None:
         """Record what the agent observed. A change of state becomes an event.
 

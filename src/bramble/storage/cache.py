@@ -213,6 +213,17 @@ class ImageCache:
         os.close(pidfd)
         return pid
 
+    def cached(self) -> list[str]:
+        """Image ids that have a cache directory on this node (owner running or not)."""
+        if not self.images_dir.is_dir():
+            return []
+        return sorted(e.name for e in self.images_dir.iterdir() if e.is_dir() and not e.is_symlink())
+
+    def cached_bytes(self, image_id: str) -> int:
+        """Disk space the image's cache holds on this node."""
+        directory = self.image_dir(image_id)
+        return sum(allocated_bytes(f) for f in directory.glob("cache.qcow2*") if f.is_file())
+
     def running(self) -> list[str]:
         """Image ids whose cache owner is running."""
         if not self.images_dir.is_dir():

@@ -403,6 +403,16 @@ async def test_node_cache_hit_ratio_release_and_offline_drop(
         )
         assert started.state == PowerState.RUNNING
         await wait_until(lambda: MARKER in console_text(driver, rbd_vm), 240, "the marker from the RBD clone")
+
+        # the image deleted from the cloud: the node's cache of it goes once nothing here reads it
+        await node.release_unused([], grace=0)
+        assert await node.sweep_deleted({image.image_id}) == []  # the cloud still has it
+        assert await node.sweep_deleted(set()) == []  # the other VM's overlay still reads it
+        await cache.delete_overlay(other_disk)
+        swept = await node.sweep_deleted(set())
+        assert [image_id for image_id, _ in swept] == [image.image_id]
+        assert swept[0][1] >= 16 * MiB  # the pre-cached data it freed
+        assert not cache.image_dir(image.image_id).exists()
     finally:
         for vm in (vm_id, other_vm, rbd_vm):
             await driver.stop(vm, force=True)

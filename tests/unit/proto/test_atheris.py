@@ -33,6 +33,9 @@ def test_atheris_finds_no_failing_input(target: str, tmp_path: Path) -> None:
     work.mkdir()
     done = subprocess.run(
         [sys.executable, str(HARNESS), target, "-seed=1", f"-runs={RUNS}", "-max_len=1500", "-timeout=20",
+         # no RSS limit: Linux carries the peak RSS over fork and exec (ru_maxrss), so libFuzzer would
+         # count the whole test session's peak as its own and stop at once with "out-of-memory"
+         "-rss_limit_mb=0",
          f"-artifact_prefix={tmp_path}/", str(corpus)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
         env={**os.environ, "BRAMBLE_FUZZ_WORK": str(work)},

@@ -106,3 +106,27 @@ def test_allocated_bytes(tmp_path: Path) -> None:
         f.truncate(64 * 1024 * 1024)
         f.write(b"x" * 4096)
     assert 4096 <= allocated_bytes(sparse) < 1024 * 1024
+
+
+async def test_caches_of_deleted_images_are_swept_unless_something_reads_them(cache: ImageCache) -> None:
+    from bramble.agent.cache import NodeCache
+    from bramble.compute.fake import FakeComputeDriver
+
+    for image_id in ("kept", "deleted", "read-by-an-overlay"):
+        directory = cache.image_dir(image_id)
+        directory.mkdir(parents=True)
+        (directory / "cache.qcow2").write_bytes(b"\1" * 65536)
+        (directory / "image.json").write_text("{}")
+    overlay = cache.overlay_path("disk-1")
+    overlay.write_bytes(b"")
+    overlay.with_suffix(".json").write_text(json.dumps({"image_id": "read-by-an-overlay"}))
+    assert cache.cached() == ["deleted", "kept", "read-by-an-overlay"]
+    assert cache.cached_bytes("deleted") >= 65536
+
+    node = NodeCache(cache, FakeComputeDriver())
+    removed = await node.sweep_deleted({"kept"})
+    assert [image_id for image_id, _ in removed] == ["deleted"]
+    assert removed[0][1] >= 65536  # what it freed
+    assert not cache.image_dir("deleted").exists()
+    assert cache.cached() == ["kept", "read-by-an-overlay"]  # known, or still read by a VM's overlay
+    assert await node.sweep_deleted({"kept"}) == []
