@@ -17,7 +17,11 @@ lease that each server must write to its lease file. The server kinds (``--serve
 * ``bramble-lib``: the library alone. ``bramble.boot.dhcp.DhcpServer`` with its lease journal in a small
   Python script (``SERVE_SCRIPT``) whose ``on_event`` only appends each ``DhcpEvent`` to a deque: no boot
   chooser, no audit log. It shows what the DHCP code costs by itself;
-* ``kea``: ``kea-dhcp4``, memfile with ``persist: true`` (lease file compaction off), single-threaded;
+* ``kea``: ``kea-dhcp4``, memfile with ``persist: true`` (lease file compaction off), single-threaded,
+  logging at WARN (the issue's anchor, tuned as in the netboot recipe);
+* ``kea-log``: the same at Kea's default severity, INFO, to a file: one line per lease it hands out
+  (``DHCP4_LEASE_ALLOC``) and per lease it offers. That is Kea's own record of every exchange, the
+  nearest it comes to the audit row ``bramble`` writes per DORA;
 * ``dnsmasq``: a lease file, ``no-ping``, ``quiet-dhcp``.
 
 Each server is our own child process with its config in a temp dir, never a system service. For every
@@ -54,7 +58,7 @@ from _common import REPO, arg_parser, install_signal_cleanup, median, print_tabl
 
 SERVER_IP, CLIENT_IP, PREFIX = "10.96.0.1", "10.96.0.2", 12
 RANGE = ("10.97.0.0", "10.111.255.254")
-SERVER_KINDS = ("bramble", "bramble-lib", "kea", "dnsmasq")
+SERVER_KINDS = ("bramble", "bramble-lib", "kea", "kea-log", "dnsmasq")
 BOOT_PORTS = {"tftp": 10069, "http": 10080, "syslog": 10514}  # brambled's, inside the server namespace
 SERVE_SCRIPT = r"""
 import asyncio, collections, signal, sys
@@ -140,7 +144,7 @@ class Server:
             if self.profile is not None:
                 argv[1:1] = ["-m", "cProfile", "-o", str(self.profile)]
             env["PYTHONPATH"] = str(REPO / "src")
-        elif self.name == "kea":
+        elif self.name in ("kea", "kea-log"):
             config = {
                 "Dhcp4": {
                     "interfaces-config": {"interfaces": ["veth-s"], "dhcp-socket-type": "raw"},
@@ -155,7 +159,11 @@ class Server:
                         {"id": 1, "subnet": f"10.96.0.0/{PREFIX}", "pools": [{"pool": f"{RANGE[0]} - {RANGE[1]}"}]}
                     ],
                     "loggers": [
-                        {"name": "kea-dhcp4", "output_options": [{"output": str(self.log)}], "severity": "WARN"}
+                        {
+                            "name": "kea-dhcp4",
+                            "output_options": [{"output": str(self.log)}],
+                            "severity": "WARN" if self.name == "kea" else "INFO",
+                        }
                     ],
                 }
             }
@@ -229,7 +237,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
             out = subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-lun"], capture_output=True, text=True)
-            listening = ":67 " in out.stdout or (self.name == "kea" and self._kea_listening())
+            listening = ":67 " in out.stdout or (self.name.startswith("kea") and self._kea_listening())
             if listening and (self.name != "bramble" or "boot role up" in self.log_tail(100_000)):
                 return
             time.sleep(0.05)
@@ -435,7 +443,7 @@ def main() -> int:
             f"--servers: unknown {', '.join(unknown) or '(none given)'}; use {', '.join(SERVER_KINDS)}", file=sys.stderr
         )
         return 2
-    for name, binary in (("kea", "kea-dhcp4"), ("dnsmasq", "dnsmasq")):
+    for name, binary in (("kea", "kea-dhcp4"), ("kea-log", "kea-dhcp4"), ("dnsmasq", "dnsmasq")):
         if name in names and shutil.which(binary) is None:
             print(f"note: {binary} not found; {name} skipped")
             names.remove(name)
@@ -526,7 +534,7 @@ def report(names: list[str], rates: list[int], points: dict[tuple[str, int], lis
     )
     labels = {"bramble": "bramble (brambled boot role, audit log on)", "bramble-lib": "bramble-lib (DhcpServer alone)"}
     for mine in ours:
-        for anchor in ("kea", "dnsmasq"):
+        for anchor in ("kea", "kea-log", "dnsmasq"):
             if anchor in names:
                 print(
                     f"{labels[mine]} vs {anchor}: zero-drop rate {rate_ratio(best, mine, anchor) or 'n/a'} "

@@ -29,6 +29,7 @@ from bramble.network.driver import METADATA_ADDRESS, Rule, SecurityPolicy
 
 log = logging.getLogger(__name__)
 
+_LOGGED_CUTS = 20  # connections named one by one in the log; the rest are counted
 _PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": socket.IPPROTO_ICMP}
 _DHCP_SERVER, _DHCP_CLIENT = 67, 68
 
@@ -113,16 +114,18 @@ def cut_disallowed(policies: Sequence[SecurityPolicy], address_sets: Mapping[str
     if not doomed:
         return 0
     gone = _delete_entries([entry for entry, _ in doomed])
-    for (_, flow), deleted in zip(doomed, gone, strict=True):
-        if deleted:
-            log.info(
-                "cut connection %s -> %s:%s (protocol %d): no security group rule allows it any more",
-                flow.source,
-                flow.destination,
-                flow.port,
-                flow.protocol,
-            )
-    return sum(gone)
+    cut = [flow for (_, flow), deleted in zip(doomed, gone, strict=True) if deleted]
+    for flow in cut[:_LOGGED_CUTS]:
+        log.info(
+            "cut connection %s -> %s:%s (protocol %d): no security group rule allows it any more",
+            flow.source,
+            flow.destination,
+            flow.port,
+            flow.protocol,
+        )
+    if len(cut) > _LOGGED_CUTS:
+        log.info("cut %d more connections that no security group rule allows any more", len(cut) - _LOGGED_CUTS)
+    return len(cut)
 
 
 def stale_floating(
