@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 from bramble.storage.driver import (
@@ -83,9 +83,13 @@ class FakeStorage(StorageDriver):
             raise StorageError(f"disk {disk_id} does not exist")
         return self.disks[disk_id]
 
-    def _bytes(self, disk_id: str) -> bytes:
-        disk = self._disk(disk_id)
-        return self.data.get(disk_id, b"\0" * disk.virtual_size_bytes)
+    def _chunks(self, data: bytes, size: int) -> Iterator[bytes]:
+        """A disk's contents in 64 KiB chunks: ``data`` is the written prefix, zeros follow up to ``size``
+        (a test's GiB disk never becomes a GiB of memory)."""
+        for start in range(0, size, 65536):
+            chunk = data[start : start + 65536]
+            want = min(65536, size - start)
+            yield chunk if len(chunk) == want else chunk + bytes(want - len(chunk))
 
     async def create_volume(self, disk_id: str, size_bytes: int) -> StoredDisk:
         if self.fail_volume:
@@ -99,8 +103,6 @@ class FakeStorage(StorageDriver):
         disk = self._disk(disk_id)
         if size_bytes < disk.virtual_size_bytes:
             raise StorageError(f"disk {disk_id} is {disk.virtual_size_bytes} bytes; shrinking it is refused")
-        if disk_id in self.data:
-            self.data[disk_id] = self.data[disk_id].ljust(size_bytes, b"\0")
         self.disks[disk_id] = replace(disk, virtual_size_bytes=size_bytes)
         return self.disks[disk_id]
 
@@ -122,8 +124,8 @@ class FakeStorage(StorageDriver):
     async def snapshot_list(self, disk_id: str) -> list[DiskSnapshot]:
         size = self._disk(disk_id).virtual_size_bytes
         return [
-            DiskSnapshot(name=name, size_bytes=len(data) or size, protected=False, created=None)
-            for name, data in self.snapshots.get(disk_id, {}).items()
+            DiskSnapshot(name=name, size_bytes=size, protected=False, created=None)
+            for name in self.snapshots.get(disk_id, {})
         ]
 
     async def snapshot_rollback(self, disk_id: str, snapshot: str) -> None:
@@ -139,15 +141,16 @@ class FakeStorage(StorageDriver):
         self.snapshots.get(disk_id, {}).pop(snapshot, None)
 
     async def export_disk(self, disk_id: str, *, snapshot: str | None = None) -> AsyncIterator[bytes]:
+        size = self._disk(disk_id).virtual_size_bytes
         if snapshot is None:
-            data = self._bytes(disk_id)
+            data = self.data.get(disk_id, b"")
         else:
             snaps = self.snapshots.get(disk_id, {})
             if snapshot not in snaps:
                 raise StorageError(f"disk {disk_id} has no snapshot {snapshot!r}")
-            data = snaps[snapshot] or b"\0" * self._disk(disk_id).virtual_size_bytes
-        for start in range(0, len(data), 65536):
-            yield data[start : start + 65536]
+            data = snaps[snapshot]
+        for chunk in self._chunks(data, size):
+            yield chunk
 
     async def import_disk(self, disk_id: str, chunks: AsyncIterator[bytes]) -> StoredDisk:
         if disk_id in self.disks:
@@ -173,7 +176,13 @@ class FakeStorage(StorageDriver):
         return PoolUsage(used, self.capacity_bytes, max(0, self.capacity_bytes - used), "fake")
 
     def write(self, disk_id: str, offset: int, payload: bytes) -> None:
-        """What a guest writing to the volume would do (tests only)."""
-        data = bytearray(self._bytes(disk_id))
-        data[offset : offset + len(payload)] = payload
+        """What a guest writing to the volume would do (tests only). Only the written prefix is kept."""
+        size = self._disk(disk_id).virtual_size_bytes
+        end = offset + len(payload)
+        if offset < 0 or end > size:
+            raise StorageError(f"write of {len(payload)} bytes at {offset} is outside disk {disk_id} ({size} bytes)")
+        data = bytearray(self.data.get(disk_id, b""))
+        if len(data) < end:
+            data.extend(bytes(end - len(data)))
+        data[offset:end] = payload
         self.data[disk_id] = bytes(data)
