@@ -1,18 +1,22 @@
 #!/bin/bash
 # Install the Debian packages Bramble needs; skips apt entirely when all are present.
-#   install-deps.sh runtime   what `make up` needs
-#   install-deps.sh test      what `make test` needs on top
+#   install-deps.sh runtime   what `make up` needs (local storage: no Ceph packages)
+#   install-deps.sh ceph      what Ceph RBD storage needs on top: the Python bindings, the ceph CLI,
+#                             QEMU's rbd block driver
+#   install-deps.sh test      what `make test` needs (all of the above and the tests' tools)
 # (busybox-static provides the `busybox` command the tests use; Debian's busybox conflicts with it.)
 set -euo pipefail
 runtime=(python3-venv qemu-system-x86 qemu-utils ovmf busybox-static cpio gzip xz-utils zstd curl ca-certificates
-         debian-archive-keyring qemu-block-extra python3-rbd python3-rados ceph-common python3-nftables)
+         debian-archive-keyring python3-nftables)
+ceph=(qemu-block-extra python3-rbd python3-rados ceph-common)
 test=(qemu-system-arm qemu-efi-aarch64 qemu-system-misc qemu-system-mips qemu-system-ppc procps tftp-hpa atftp postgresql-15 isc-dhcp-client iproute2
       ceph-mon ceph-osd ceph-mgr bsdutils nginx-light nftables dnsmasq-base python3-scapy ndisc6 kea-dhcp4-server kea-admin
       ipxe git)
 case "${1:-runtime}" in
   runtime) want=("${runtime[@]}") ;;
-  test) want=("${runtime[@]}" "${test[@]}") ;;
-  *) echo "usage: $0 runtime|test" >&2; exit 2 ;;
+  ceph) want=("${runtime[@]}" "${ceph[@]}") ;;
+  test) want=("${runtime[@]}" "${ceph[@]}" "${test[@]}") ;;
+  *) echo "usage: $0 runtime|ceph|test" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${want[@]}"; do

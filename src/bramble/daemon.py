@@ -42,7 +42,7 @@ from bramble.db.migrate import upgrade
 from bramble.db.models import utcnow
 from bramble.db.session import Database
 from bramble.storage.cache import CacheError, ImageCache
-from bramble.storage.driver import StorageDriver
+from bramble.storage.driver import StorageDriver, StorageError
 from bramble.storage.registry import StorageRegistry
 
 if TYPE_CHECKING:
@@ -167,10 +167,13 @@ async def ensure_admin_token(cloud: Cloud, path: Path) -> str | None:
 async def build_services(settings: Settings, compute: ComputeDriver | None = None) -> Services:
     """Everything brambled runs, wired together (tests use this too, with their own driver)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:  # first: a storage backend that cannot work here is a configuration error, nothing to undo
+        storage = make_storage(settings)
+    except StorageError as exc:
+        raise ConfigError(f"[storage] driver {settings.storage.driver!r}: {exc}") from None
     db = Database.connect(settings.effective_database_url)
     await upgrade(db)
     nodes = LocalNodes()
-    storage = make_storage(settings)
     # one driver per storage pool; the default pool's is the one built from [storage]
     pools = StorageRegistry(settings.state_dir)
     pools.adopt(default_pool_spec(settings), storage)
@@ -346,8 +349,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"brambled: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings))
+    except ConfigError as exc:  # found while starting (e.g. a storage backend this host cannot run)
+        print(f"brambled: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

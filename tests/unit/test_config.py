@@ -71,3 +71,24 @@ def test_storm_hold_settings_reach_the_observation_log_and_must_fit_the_queue(tm
     for i in range(1001):  # not started: everything queues, and the 1001st is over the configured bound
         log.observe(Observation("t", "boot.dhcp", "mac/x", str(i)))
     assert log.stats["observed"] == 1000 and log.stats["dropped"] == 1
+
+
+def test_rbd_storage_without_ceph_bindings_stops_brambled_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node set up with `make up` only (no Ceph packages) but configured for RBD: exit 2 and what to
+    install, before any database or port is opened."""
+    import sys
+
+    from bramble.daemon import main
+
+    config = tmp_path / "brambled.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[storage]\ndriver = "rbd"\n')
+    monkeypatch.setitem(sys.modules, "rados", None)
+    with pytest.raises(SystemExit) as stopped:
+        main(["--config", str(config)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("brambled: [storage] driver 'rbd': Ceph RBD storage needs") and "\n" not in err
+    assert "install-deps.sh ceph" in err
+    assert not (tmp_path / "state" / "bramble.db").exists()

@@ -113,6 +113,15 @@ class RbdStorageDriver(StorageDriver):
         op_timeout: int = 15,
         connect_timeout: int = 10,
     ) -> None:
+        try:  # Debian's bindings, not on PyPI; the embedded default (local storage) goes without them
+            import rados  # noqa: F401
+            import rbd  # noqa: F401
+        except ImportError:
+            raise StorageError(
+                "Ceph RBD storage needs Debian's python3-rados and python3-rbd, and qemu-block-extra for "
+                "QEMU's rbd driver: run scripts/install-deps.sh ceph (or apt-get install python3-rados "
+                "python3-rbd ceph-common qemu-block-extra)"
+            ) from None
         if not POOL_RE.match(pool):
             raise StorageError(f"bad Ceph pool name {pool!r}")
         if not USER_RE.match(user):

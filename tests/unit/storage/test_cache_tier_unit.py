@@ -130,3 +130,13 @@ async def test_caches_of_deleted_images_are_swept_unless_something_reads_them(ca
     assert not cache.image_dir("deleted").exists()
     assert cache.cached() == ["kept", "read-by-an-overlay"]  # known, or still read by a VM's overlay
     assert await node.sweep_deleted({"kept"}) == []
+
+
+def test_rbd_without_the_ceph_bindings_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from bramble.storage.driver import StorageError
+
+    monkeypatch.setitem(sys.modules, "rados", None)  # as on a node where only `make up` ran
+    with pytest.raises(StorageError, match=r"python3-rados and python3-rbd.*install-deps.sh ceph"):
+        RbdStorageDriver(conf=tmp_path / "ceph.conf", pool="vms", work_dir=tmp_path / "rbd")
