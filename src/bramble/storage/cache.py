@@ -217,7 +217,11 @@ class ImageCache:
         """Image ids that have a cache directory on this node (owner running or not)."""
         if not self.images_dir.is_dir():
             return []
-        return sorted(e.name for e in self.images_dir.iterdir() if e.is_dir() and not e.is_symlink())
+        return sorted(
+            e.name  # only what this tier could have made: a stray directory is not ours to look into
+            for e in self.images_dir.iterdir()
+            if e.is_dir() and not e.is_symlink() and _ID_RE.match(e.name)
+        )
 
     def cached_bytes(self, image_id: str) -> int:
         """Disk space the image's cache holds on this node."""

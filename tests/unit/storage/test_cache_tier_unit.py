@@ -117,6 +117,7 @@ async def test_caches_of_deleted_images_are_swept_unless_something_reads_them(ca
         directory.mkdir(parents=True)
         (directory / "cache.qcow2").write_bytes(b"\1" * 65536)
         (directory / "image.json").write_text("{}")
+    (cache.images_dir / "lost+found").mkdir()  # not an image id: never looked into, never removed
     overlay = cache.overlay_path("disk-1")
     overlay.write_bytes(b"")
     overlay.with_suffix(".json").write_text(json.dumps({"image_id": "read-by-an-overlay"}))
@@ -130,6 +131,7 @@ async def test_caches_of_deleted_images_are_swept_unless_something_reads_them(ca
     assert not cache.image_dir("deleted").exists()
     assert cache.cached() == ["kept", "read-by-an-overlay"]  # known, or still read by a VM's overlay
     assert await node.sweep_deleted({"kept"}) == []
+    assert (cache.images_dir / "lost+found").is_dir()
 
 
 def test_rbd_without_the_ceph_bindings_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
