@@ -125,6 +125,9 @@ class AuditSettings(_Section):
     storm_hold_rows: int = Field(default=20_000, ge=0)
     storm_hold_seconds: float = Field(default=10.0, ge=0)
     observations_max_queued: int = Field(default=50_000, ge=1000)
+    # Boot traffic's audit records are written by a child process, off the DHCP packet path; false keeps
+    # them in the daemon (one process, one core: for a host with a single CPU).
+    writer_process: bool = True
 
     @model_validator(mode="after")
     def _hold_fits_the_queue(self) -> AuditSettings:

@@ -29,6 +29,7 @@ from bramble.agent.metadata import MetadataService
 from bramble.agent.network import NodeNetworks
 from bramble.api.app import create_app
 from bramble.audit.retention import AuditPruner, RetentionPolicy
+from bramble.auditd import AuditWriterError, AuditWriterProcess, WriterConfig, can_run_apart
 from bramble.boot.inventory import Inventory
 from bramble.compute.driver import ComputeDriver
 from bramble.config import ConfigError, Settings, load_settings
@@ -130,7 +131,7 @@ class Services:
     agent: Agent | None
     admin_token: str | None
     boot: BootRole | None = None
-    observations: ObservationLog | None = None
+    observations: ObservationLog | AuditWriterProcess | None = None
     storage_pools: StorageRegistry | None = None
     pruner: AuditPruner | None = None
 
@@ -258,13 +259,33 @@ def observation_log(settings: Settings, db: Database) -> ObservationLog:
     )
 
 
-async def start_boot_role(settings: Settings, db: Database, inventory: Inventory) -> tuple[BootRole, ObservationLog]:
-    """DHCP, TFTP, HTTP boot, syslog and WoL; every interaction goes to the audit log in batches."""
+async def start_boot_role(
+    settings: Settings, db: Database, inventory: Inventory
+) -> tuple[BootRole, ObservationLog | AuditWriterProcess]:
+    """DHCP, TFTP, HTTP boot, syslog and WoL; every interaction goes to the audit log in batches.
+
+    By default (``[audit] writer_process``) the audit records are paired, formatted and written by a
+    child process (``bramble.auditd``), so the DHCP packet path keeps the daemon's core to itself.
+    """
     from bramble.boot.role import BootRole  # only daemons with the boot role load the boot servers
+
+    actor = f"boot:{settings.node_name or socket.gethostname()}"
+    if settings.audit.writer_process and can_run_apart(settings.effective_database_url):
+        writer = AuditWriterProcess(WriterConfig.from_settings(settings, actor))
+        try:
+            await writer.start()
+        except AuditWriterError as exc:
+            raise ConfigError(f"[audit] writer_process: {exc}") from None
+        role = BootRole(settings, inventory, writer.observe, dhcp_packets=writer.dhcp_packet)
+        try:
+            await role.start()
+        except BaseException:
+            await writer.close()
+            raise
+        return role, writer
 
     observations = observation_log(settings, db)
     observations.start()
-    actor = f"boot:{settings.node_name or socket.gethostname()}"
 
     def observe(seen: BootObservation) -> None:
         observations.observe(

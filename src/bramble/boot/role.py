@@ -14,14 +14,14 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, Protocol
 
 from bramble.boot.dhcp import DhcpEvent, DhcpServer, ProxyDhcpServer, build_server, default_policy, interface_address
+from bramble.boot.exchanges import BootObservation, DhcpExchanges
 from bramble.boot.http import BootHttpServer, HttpBootEvent
 from bramble.boot.ipxe import BootUrls, render_script
 from bramble.boot.leases import Reservation
@@ -34,7 +34,13 @@ from bramble.boot.wol import send_wake
 from bramble.config import BootInterfaceSettings, Settings
 from bramble.proto.syslog import SyslogMessage
 
+__all__ = ["BootObservation", "BootRole", "DhcpPacketSink", "MachineInventory", "due_wakes"]
+
 log = logging.getLogger(__name__)
+
+#: Where the DHCP handler sends each packet: (interface, target, event, wall-clock time). In brambled
+#: that is the audit writer process (``bramble.auditd``), which pairs and formats them on another core.
+DhcpPacketSink = Callable[[str, str, DhcpEvent, float], None]
 
 # A firmware client that was handed an iPXE loader comes back as iPXE within seconds; within this
 # window a machine set to always chainload Bramble's own iPXE gets its script instead of the loader again.
@@ -42,42 +48,6 @@ _CHAINLOAD_WINDOW_SECONDS = 120.0
 _SCHEDULE_TICK_SECONDS = 20.0
 # Hand edits of a machine's ip reach the DHCP server within this long (the inventory reloads each second).
 _RESERVATION_SYNC_SECONDS = 2.0
-# An OFFER waits this long for the REQUEST of the same exchange, so that a DORA becomes one audit event
-# ("offered X; acked X") instead of two; an OFFER nobody took is recorded alone, with its own time, after it.
-_OFFER_HOLD_SECONDS = 3.0
-_MAX_HELD_OFFERS = 10_000  # a DISCOVER flood without REQUESTs records the oldest held offers early
-
-
-@dataclass(slots=True)
-class BootObservation:
-    """One interaction, ready to become an audit event."""
-
-    action: str  # boot.dhcp | boot.tftp | boot.http | boot.syslog | boot.wake | machine.discovered
-    target: str  # machine/NAME, or mac/MAC or ip/IP when nobody knows the sender
-    message: str
-    outcome: str = "ok"
-    details: dict[str, Any] = field(default_factory=dict)
-    time: datetime | None = None  # when it happened, if not when it is observed (a held DHCP offer)
-    # Makes (message, details) when the audit writer gets to it: a packet path only queues its facts,
-    # and the formatting waits with the write (see bramble.core.observations on storms).
-    render: Callable[[], tuple[str, dict[str, Any]]] | None = None
-
-    def realize(self) -> BootObservation:
-        """Fill ``message`` and ``details`` from ``render`` (once); returns self."""
-        if self.render is not None:
-            self.message, self.details = self.render()
-            self.render = None
-        return self
-
-
-@dataclass(slots=True)
-class _HeldOffer:
-    """A DISCOVER's OFFER waiting for its REQUEST (see ``_OFFER_HOLD_SECONDS``)."""
-
-    held_at: float  # the role's clock
-    time: float  # wall clock (time.time()): a datetime only if it is recorded alone
-    observation: BootObservation
-    event: DhcpEvent
 
 
 def due_wakes(inventory: MachineInventory, since: datetime, now: datetime) -> list[Machine]:
@@ -97,49 +67,6 @@ class MachineInventory(Protocol):
     def profile_for(self, machine: Machine | None) -> Profile: ...
     def discover(self, mac: str, arch: str, ip: str | None = None) -> Machine: ...
     def wake_times(self, machine: Machine) -> tuple[WakeSchedule, ...]: ...
-
-
-_FAILED_DHCP = frozenset(("nacked", "exhausted", "unsent"))
-_DHCP_FIELDS = DhcpEvent._fields
-
-
-def _dhcp_record(event: DhcpEvent, interface: str) -> tuple[str, dict[str, Any]]:
-    """The audit message and details of one DHCP packet."""
-    # Every field that is set.
-    details = {k: v for k, v in zip(_DHCP_FIELDS, event, strict=True) if v is not None and v != "" and v != ()}
-    details["client"] = f"{event.client[0]}:{event.client[1]}"
-    details["interface"] = interface
-    return _dhcp_text(event), details
-
-
-_OFFER_ONLY_DETAILS = ("arch", "vendor_class", "user_class", "hostname", "boot_file")
-
-
-def _dhcp_text(event: DhcpEvent) -> str:
-    text = f"{event.message_type} from {event.mac}: {event.outcome}"
-    if event.yiaddr:
-        text += f" {event.yiaddr}"
-    if event.boot_file:
-        text += f" boot file {event.boot_file}"
-    return text + (f" ({event.reason})" if event.reason else "")
-
-
-def _exchange_record(
-    offer: DhcpEvent, offered_at: float, request: DhcpEvent, interface: str
-) -> tuple[str, dict[str, Any]]:
-    """One event for a whole exchange: the REQUEST's answer, with what the DISCOVER was offered and when.
-
-    The details are the REQUEST's, plus ``offered`` and ``offered_at``, and what only the DISCOVER
-    said about the client (a client should repeat its options in the REQUEST; not all do).
-    """
-    request_text, details = _dhcp_record(request, interface)
-    details["offered"] = offer.yiaddr
-    details["offered_at"] = datetime.fromtimestamp(offered_at, UTC).isoformat()
-    for key in _OFFER_ONLY_DETAILS:
-        value = getattr(offer, key)
-        if value and key not in details:
-            details[key] = value
-    return _dhcp_text(offer) + "; " + request_text.replace(f" from {request.mac}", "", 1), details
 
 
 def _fields(record: Any) -> dict[str, Any]:
@@ -171,8 +98,11 @@ class BootRole:
         inventory: MachineInventory,
         observe: Callable[[BootObservation], None],
         *,
+        dhcp_packets: DhcpPacketSink | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        """``observe`` gets every interaction but DHCP packets, which go to ``dhcp_packets``; without
+        one, the role pairs them into exchanges itself and hands those to ``observe`` too."""
         self.settings = settings
         self.inventory = inventory
         self._observe = observe
@@ -186,7 +116,11 @@ class BootRole:
         self._chainloaded: dict[str, float] = {}  # mac -> when it was handed a loader
         self._discovering: set[str] = set()
         self._started: list[Any] = []
-        self._held_offers: dict[tuple[str, int], _HeldOffer] = {}  # (mac, xid) -> the exchange's OFFER
+        self._exchanges: DhcpExchanges | None = None
+        if dhcp_packets is None:
+            self._exchanges = DhcpExchanges(self._record, clock=self._now)
+            dhcp_packets = self._exchanges.packet
+        self._dhcp_packets = dhcp_packets
         # The machine the boot chooser looked up for the packet being handled: its event comes next.
         self._packet_machine: tuple[str, Machine | None] | None = None
 
@@ -220,7 +154,8 @@ class BootRole:
             raise
         self._spawn(self._schedule_loop())
         self._spawn(self._reservation_loop())
-        self._spawn(self._held_offer_loop())
+        if self._exchanges is not None:
+            self._spawn(self._held_offer_loop())
         log.info(
             "boot role up: %s; files %s; inventory %s",
             ", ".join(f"{link.settings.name} ({link.settings.mode}, {link.address})" for link in self._links)
@@ -230,7 +165,8 @@ class BootRole:
         )
 
     async def close(self) -> None:
-        self.release_held_offers(None)  # an exchange cut short by shutdown is still recorded
+        if self._exchanges is not None:
+            self._exchanges.release(None)  # an exchange cut short by shutdown is still recorded
         for link in self._links:  # what each server did in its life: the operator's first look after a storm
             counts = ", ".join(f"{name} {count}" for name, count in link.dhcp.stats.items())
             log.info("dhcp on %s stopping: %s", link.settings.name, counts)
@@ -435,41 +371,31 @@ class BootRole:
             log.exception("could not record %s for %s", action, target)
 
     def _dhcp_event_handler(self, interface: str) -> Callable[[DhcpEvent], None]:
-        """Runs once per DHCP packet, on the packet path, which at thousands of packets a second shares
-        a CPU with the server itself: it decides the target and the exchange now and leaves the
-        formatting to the audit writer (``BootObservation.render``)."""
+        """Runs once per DHCP packet, on the packet path: it decides the target (the boot chooser has
+        usually just looked the machine up) and hands the packet on; pairing and formatting happen
+        where ``dhcp_packets`` does them, in brambled another process."""
         ip_to_mac = self._ip_to_mac
+        packets = self._dhcp_packets
+        wall_clock = time.time
 
         def on_event(event: DhcpEvent) -> None:
             if event.message_type == "DISCOVER" and (event.ipxe or event.arch is not None):
                 link = next((k for k in self._links if k.settings.name == interface), None)
                 if link is not None and link.ra is not None:
                     link.ra.nudge()
-            yiaddr, outcome, mac = event.yiaddr, event.outcome, event.mac
-            if yiaddr and outcome == "acked":
-                ip_to_mac[yiaddr] = mac
+            mac = event.mac
+            if event.yiaddr and event.outcome == "acked":
+                ip_to_mac[event.yiaddr] = mac
             looked_up, self._packet_machine = self._packet_machine, None
             if looked_up is not None and looked_up[0] == mac:
                 machine = looked_up[1]
                 target = f"mac/{mac}" if machine is None else f"machine/{machine.name}"
             else:
                 target = self._target(mac=mac)
-            seen = BootObservation(
-                "boot.dhcp",
-                target,
-                "",
-                "failed" if outcome in _FAILED_DHCP else "ok",
-                render=partial(_dhcp_record, event, interface),
-            )
-            held_offers = self._held_offers
-            if event.message_type == "DISCOVER" and outcome == "offered":
-                self._hold_offer((mac, event.xid), seen, event)
-                return
-            if held_offers and event.message_type == "REQUEST":
-                held = held_offers.pop((mac, event.xid), None)
-                if held is not None:
-                    seen.render = partial(_exchange_record, held.event, held.time, event, interface)
-            self._record(seen)
+            try:
+                packets(interface, target, event, wall_clock())
+            except Exception:
+                log.exception("could not record a DHCP %s for %s", event.message_type, target)
 
         return on_event
 
@@ -479,33 +405,12 @@ class BootRole:
         except Exception:
             log.exception("could not record %s for %s", seen.action, seen.target)
 
-    def _hold_offer(self, key: tuple[str, int], seen: BootObservation, event: DhcpEvent) -> None:
-        held_offers = self._held_offers
-        earlier = held_offers.pop(key, None)  # a retransmitted DISCOVER: the first OFFER stands alone
-        if earlier is not None:
-            self._record_alone(earlier)
-        if len(held_offers) >= _MAX_HELD_OFFERS:
-            self._record_alone(held_offers.pop(next(iter(held_offers))))
-        held_offers[key] = _HeldOffer(self._now(), time.time(), seen, event)
-
-    def _record_alone(self, held: _HeldOffer) -> None:
-        held.observation.time = datetime.fromtimestamp(held.time, UTC)
-        self._record(held.observation)
-
-    def release_held_offers(self, older_than: float | None = _OFFER_HOLD_SECONDS) -> None:
-        """Record the OFFERs whose REQUEST did not come within ``older_than`` seconds (None: all)."""
-        cutoff = None if older_than is None else self._now() - older_than
-        held_offers = self._held_offers
-        while held_offers:
-            key = next(iter(held_offers))  # held in arrival order
-            if cutoff is not None and held_offers[key].held_at > cutoff:
-                break
-            self._record_alone(held_offers.pop(key))
-
     async def _held_offer_loop(self) -> None:
+        exchanges = self._exchanges
+        assert exchanges is not None
         while True:
-            await asyncio.sleep(_OFFER_HOLD_SECONDS / 3)
-            self.release_held_offers()
+            await asyncio.sleep(exchanges.hold_seconds / 3)
+            exchanges.release_expired()
 
     def _on_tftp(self, event: TftpEvent) -> None:
         details = {k: v for k, v in _fields(event).items() if v not in (None, "", ())}

@@ -141,6 +141,17 @@ class ObservationLog:
         if queued == self._batch or queued == self._storm_backlog:
             self._wake.set()
 
+    def note_dropped(self, count: int, first: datetime) -> None:
+        """Observations lost before they reached this log (the sender was far ahead): the next write
+        records the hole, as for the log's own drops."""
+        if count <= 0:
+            return
+        self.stats["dropped"] += count
+        if not self._gap:
+            self._gap_started = first
+        self._gap += count
+        log.warning("audit log is behind: %d observations lost before they were queued", count)
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(
@@ -219,10 +230,14 @@ class ObservationLog:
         return True
 
     async def close(self) -> None:
+        """Let the writer task finish the pass it is in, then write everything still queued.
+
+        Not by cancelling the task: a pass takes its rows off the queue before it writes them, so a
+        cancel in mid-write lost a whole batch at every stop under load.
+        """
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -131,7 +131,7 @@ def test_a_whole_dhcp_exchange_is_one_audit_event(tmp_path: Path) -> None:
     assert event.details["offered"] == "10.99.0.100" and event.details["message_type"] == "REQUEST"
     assert event.details["arch"] == "bios" and event.details["boot_file"] == "undionly.kpxe"
     assert datetime.fromisoformat(event.details["offered_at"]).tzinfo is not None
-    assert event.time is None and role._held_offers == {}
+    assert event.time is not None and role._exchanges is not None and role._exchanges.held == {}
 
 
 def test_an_offer_nobody_requests_is_recorded_alone_with_its_own_time(tmp_path: Path) -> None:
@@ -144,10 +144,10 @@ def test_an_offer_nobody_requests_is_recorded_alone_with_its_own_time(tmp_path: 
     on_event(_dhcp("REQUEST", "acked", xid=3))  # another exchange: does not take xid 1's offer
     assert [e.realize().details["xid"] for e in seen] == [2, 3]
     clock[0] += 1
-    role.release_held_offers()
+    role._exchanges.release_expired()  # type: ignore[union-attr]
     assert len(seen) == 2  # still within the hold time
     clock[0] += 3
-    role.release_held_offers()
+    role._exchanges.release_expired()  # type: ignore[union-attr]
     offer = seen[-1].realize()
     assert offer.message == f"DISCOVER from {MAC}: offered 10.99.0.100" and offer.details["xid"] == 1
     assert offer.time is not None and before <= offer.time <= datetime.now(UTC)
