@@ -252,15 +252,25 @@ class Server:
             return False
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """(utime, stime) of the server, all its threads (``ip netns exec`` execs it, so the PID is the server's)."""
+        """(utime, stime) of the server, all its threads (``ip netns exec`` execs it, so the PID is the
+        server's), plus its live child processes: brambled's audit writer (``bramble.auditd``)."""
         if self.proc is None:
             return 0.0, 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        user, system, _ = _proc_cpu(self.proc.pid)
+        child_user, child_system = self.children_cpu_seconds()
+        return user + child_user, system + child_system
+
+    def children_cpu_seconds(self) -> tuple[float, float]:
+        """(utime, stime) of the server's live child processes."""
+        if self.proc is None:
             return 0.0, 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        user = system = 0.0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                child_user, child_system, parent = _proc_cpu(int(entry.name))
+                if parent == self.proc.pid:
+                    user, system = user + child_user, system + child_system
+        return user, system
 
     def audit_rows(self) -> int | None:
         """``boot.dhcp`` rows in brambled's audit log (read-only; WAL lets us read while it writes)."""
@@ -299,6 +309,7 @@ class Point:
     acks: int
     server_cpu: float = 0.0  # CPU seconds the server process used during the point
     server_sys: float = 0.0  # the part of it spent in the kernel (sockets, lease file writes)
+    writer_cpu: float = 0.0  # the part of it brambled's audit writer process used (included above)
     audit_rows: int | None = None  # brambled only: boot.dhcp rows in the events table once caught up
     audit_catchup: float = 0.0  # seconds after perfdhcp ended until the audit log stopped growing
     audit_note: str = ""  # e.g. the daemon said its audit log is behind (observations dropped)
@@ -315,6 +326,16 @@ class Point:
     @property
     def acks_per_second(self) -> float:
         return self.acks
+
+
+def _proc_cpu(pid: int) -> tuple[float, float, int]:
+    """(utime, stime, parent PID) of a process from /proc; zeros if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0, 0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[1])
 
 
 def udp_rcvbuf_errors(ns: str) -> int:
@@ -359,6 +380,7 @@ def run_point(
             time.sleep(0.5)  # raw sockets and interface detection settle (Kea)
             errors0 = udp_rcvbuf_errors(server_ns), udp_rcvbuf_errors(client_ns)
             user0, sys0 = server.cpu_seconds()
+            writer0 = sum(server.children_cpu_seconds())
             perf = subprocess.run(
                 ["ip", "netns", "exec", client_ns, "perfdhcp", "-4", "-l", "veth-c", "-r", str(rate),
                  "-R", "1000000", "-p", str(seconds), "-W", "1000000"],
@@ -369,10 +391,12 @@ def run_point(
             if name == "bramble":
                 audit = wait_for_audit(server)
                 _, _, user1, sys1 = audit
+            writer1 = sum(server.children_cpu_seconds())
         finally:
             server.stop()
         point = parse_perfdhcp(perf.stdout, name, rate, seconds)
         point.server_cpu, point.server_sys = user1 - user0 + sys1 - sys0, sys1 - sys0
+        point.writer_cpu = writer1 - writer0
         point.server_rcvbuf_errors, point.client_rcvbuf_errors = errors1[0] - errors0[0], errors1[1] - errors0[1]
         if name.startswith("bramble"):
             point.shed = shed_count(server.log_tail(10**7) + server.stdout_text)
@@ -474,7 +498,10 @@ def point_line(point: Point) -> str:
     line = (
         f"  {point.server:11s} {point.rate:6d}/s: DISCOVER {point.sent_discover} OFFER {point.offers} "
         f"REQUEST {point.sent_request} ACK {point.acks} server CPU {point.server_cpu:.2f} s "
-        f"({point.server_sys:.2f} s kernel)" + ("  zero drops" if point.zero_drop else "")
+        f"({point.server_sys:.2f} s kernel"
+        + (f", {point.writer_cpu:.2f} s audit writer" if point.writer_cpu else "")
+        + ")"
+        + ("  zero drops" if point.zero_drop else "")
     )
     if not point.zero_drop:  # where they were lost
         shed = f", shed {point.shed}" if point.shed >= 0 else ""
@@ -502,16 +529,17 @@ def report(names: list[str], rates: list[int], points: dict[tuple[str, int], lis
             acks = median([p.acks / seconds for p in runs])
             cpu_per_dora = median([1e6 * p.server_cpu / p.acks if p.acks else float("nan") for p in runs])
             cpu_per_dora_by[name, rate] = cpu_per_dora
+            writer_per_dora = median([1e6 * p.writer_cpu / p.acks if p.acks else float("nan") for p in runs])
             zero = all(p.zero_drop for p in runs)
             if zero:
                 best[name] = max(best.get(name, 0), rate)
             rows.append(
                 [rate, name, f"{acks:.0f}", f"{100 * drops_d:.2f}%", f"{100 * drops_r:.2f}%", f"{cpu_per_dora:.0f}",
-                 "yes" if zero else ""]
+                 f"{writer_per_dora:.0f}" if name == "bramble" else "", "yes" if zero else ""]
             )  # fmt: skip
     print_table(
         "Rate sweep (ACK/s = completed DORA per second; server CPU per completed DORA)",
-        ["rate/s", "server", "ACK/s", "drop D-O", "drop R-A", "CPU us/DORA", "zero drops"],
+        ["rate/s", "server", "ACK/s", "drop D-O", "drop R-A", "CPU us/DORA", "of it audit writer", "zero drops"],
         rows,
     )
     lowest = rates[0]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import io
 import json
 import logging
@@ -54,7 +55,8 @@ log = logging.getLogger("bramble.auditd")
 _FRAME = struct.Struct("!I")
 _MAX_FRAME = 256 << 20  # a length past this means the stream is corrupt, not a big frame
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in Python 3.10+ on Linux only
-_PIPE_BYTES = 1 << 20  # the default maximum an unprivileged process may ask for; root may get more
+_PIPE_BYTES = 1 << 20
+_GC_THRESHOLDS = (50_000, 20, 20)  # the default maximum an unprivileged process may ask for; root may get more
 
 # Record kinds, the first item of each tuple in a frame.
 _DHCP = 0  # (kind, interface, target, DhcpEvent fields, wall-clock time)
@@ -78,6 +80,7 @@ class WriterConfig:
     storm_rate: float = 500.0
     storm_backlog: int = 20_000
     storm_delay_seconds: float = 10.0
+    niceness: int = 19
 
     @classmethod
     def from_settings(cls, settings: Settings, actor: str) -> WriterConfig:
@@ -90,6 +93,7 @@ class WriterConfig:
             storm_rate=audit.storm_observations_per_second,
             storm_backlog=audit.storm_hold_rows,
             storm_delay_seconds=audit.storm_hold_seconds,
+            niceness=audit.writer_niceness,
         )
 
 
@@ -163,9 +167,10 @@ class AuditWriterProcess:
             self._send()
 
     # ----------------------------------------------------------------- sending
-    def _send(self) -> None:
+    def _send(self, *, at_stop: bool = False) -> None:
+        """One frame of what is waiting. At stop, also when the child is behind: it is waited for."""
         records = self._records
-        if not records:
+        if not records and not (at_stop and self._lost):
             return
         proc = self._proc
         if proc is None or proc.returncode is not None or proc.stdin is None or proc.stdin.is_closing():
@@ -175,7 +180,7 @@ class AuditWriterProcess:
             return
         self._records = []
         transport = proc.stdin.transport
-        if transport.get_write_buffer_size() > self._max_behind_bytes:
+        if not at_stop and transport.get_write_buffer_size() > self._max_behind_bytes:
             self._count_lost(records)
             return
         if self._lost:
@@ -282,7 +287,7 @@ class AuditWriterProcess:
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
         try:
-            self._send()
+            self._send(at_stop=True)
             proc.stdin.close()
             await asyncio.wait_for(proc.stdin.wait_closed(), self._stop_timeout)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -470,6 +475,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # see the module: the daemon ends our input
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config = _read_settings()
+    if config.niceness:
+        os.nice(config.niceness)
+    # What is queued here (held offers, rows waiting out a storm) is acyclic and freed in whole batches; at
+    # the default threshold the collector walked tens of thousands of them again every few hundred rows.
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
     )

@@ -128,6 +128,9 @@ class AuditSettings(_Section):
     # Boot traffic's audit records are written by a child process, off the DHCP packet path; false keeps
     # them in the daemon (one process, one core: for a host with a single CPU).
     writer_process: bool = True
+    # The writer yields the CPU to the packet path (and everything else) when they compete: its records
+    # can wait, a client waiting for an answer cannot. 0 runs it at the daemon's own priority.
+    writer_niceness: int = Field(default=19, ge=0, le=19)
 
     @model_validator(mode="after")
     def _hold_fits_the_queue(self) -> AuditSettings:

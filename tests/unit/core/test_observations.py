@@ -181,3 +181,24 @@ async def test_rows_are_formatted_when_written_and_a_failing_format_costs_only_i
     assert [r.message for r in rows] == ["packet 0", "(boot.dhcp: could not format: broken record)", "packet 2"]
     assert rows[0].after == {"i": 0} and rows[1].after is None
     await db.dispose()
+
+
+async def test_close_during_a_write_loses_nothing(tmp_path: Path) -> None:
+    """close() used to cancel the writer task: a pass takes its rows off the queue before it writes
+    them, so a stop in mid-write lost the whole pass."""
+    import asyncio
+
+    db = await _db(tmp_path)
+    log = ObservationLog(db, flush_seconds=0.01, batch=100)
+    for i in range(3000):
+        log.observe(Observation("boot", "boot.dhcp", "machine/c", str(i)))
+    log.start()
+    for _ in range(50):  # until the task's pass has taken rows off the queue and is writing them
+        await asyncio.sleep(0.001)
+        if len(log._pending) < 3000:
+            break
+    assert len(log._pending) < 3000
+    await log.close()
+    async with db.read() as session:
+        assert len(await audit.query(session, target="machine/c", limit=10_000)) == 3000
+    await db.dispose()
