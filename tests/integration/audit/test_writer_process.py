@@ -95,7 +95,7 @@ async def test_packets_become_one_event_per_exchange_written_by_the_child(tmp_pa
     assert abs(first.time.timestamp() - acked_at) < 0.01  # the packet's time, not the write's
     # the offer nobody requested was recorded when the writer stopped, alone, with its own time
     [lone] = [r for r in rows if r.target == "machine/lone"]
-    assert lone.message.startswith("DISCOVER from 52:54:00:97:00:99: offered") and lone.after is not None
+    assert str(lone.message).startswith("DISCOVER from 52:54:00:97:00:99: offered") and lone.after is not None
     assert abs(lone.time.timestamp() - offered_at) < 0.01
     [tftp] = [r for r in rows if r.action == "boot.tftp"]
     assert tftp.after == {"client": ["10.97.0.10", 2070], "root": str(tmp_path)}  # as JSON stores them
@@ -114,7 +114,7 @@ async def test_a_writer_that_dies_is_replaced_and_the_audit_log_says_so(tmp_path
     assert not _alive(second) and writer.stats["restarts"] == 1
     rows = await _rows(db)
     assert [r.action for r in rows] == ["audit.writer_restarted", "boot.dhcp"]
-    assert rows[0].outcome == "failed" and "exited with code -9" in rows[0].message
+    assert rows[0].outcome == "failed" and "exited with code -9" in str(rows[0].message)
 
 
 async def test_what_cannot_be_sent_while_the_writer_is_far_behind_is_counted_and_recorded(
