@@ -133,7 +133,8 @@ _MESSAGE_TYPE_BYTES = {mtype: bytes((mtype,)) for mtype in range(1, 19)}
 _PXE_SUB_BOOT_ITEM = 71  # PXE 2.1 option 43 sub-option: boot server type and layer (4011 exchange)
 
 
-# Picks the boot answer for a client: ``PxePolicy(...).choose``, or the boot role's wrapper around it.
+# Picks the boot answer for a network-booting client (``PxeClient.is_pxe``; others are not asked):
+# ``PxePolicy(...).choose``, or the boot role's wrapper around it.
 BootChooser = Callable[[PxeClient], BootAnswer | None]
 
 
@@ -280,7 +281,10 @@ def decide(
         decision.wire = None if reply is None else _fit(reply)
         return decision
     if config.boot_file_for is not None:
-        answer = config.boot_file_for(client or PxeClient.from_request(request))
+        client = client or PxeClient.from_request(request)
+        # Only a network-booting client can get a boot answer (PxePolicy.choose says None to the rest),
+        # and most DHCP clients are not booting: the chooser, which looks the machine up, is not asked.
+        answer = config.boot_file_for(client) if client.is_pxe else None
         if answer is not None:
             _add_boot(request, reply, answer, proxy=False)
             decision.boot_file = answer.file

@@ -51,3 +51,27 @@ async def test_audit_retention_deletes_old_events_on_postgres(postgres_url: str)
         assert await audit.query(session, target="vm/pg-prune") == []
     assert left == ["1"]
     await db.dispose()
+
+
+async def test_the_audit_writer_process_writes_exchanges_to_postgres(postgres_url: str) -> None:
+    """brambled's child writer on a cluster's database: its own connection, the ORM insert path."""
+    import time
+
+    from bramble.auditd import AuditWriterProcess, WriterConfig
+    from bramble.boot.dhcp import DhcpEvent
+
+    db = Database.connect(postgres_url)
+    await upgrade(db)
+    writer = AuditWriterProcess(WriterConfig(postgres_url, "boot:pg"))
+    await writer.start()
+    mac = "02:00:00:00:00:77"
+    at = time.time()
+    for kind, outcome in (("DISCOVER", "offered"), ("REQUEST", "acked")):
+        event = DhcpEvent(mac, kind, outcome, "10.95.0.7", ("0.0.0.0", 68), None, 4242)  # type: ignore[arg-type]
+        writer.dhcp_packet("br-pg", "machine/pg-writer", event, at)
+    await writer.close()
+    async with db.read() as session:
+        [row] = await audit.query(session, target="machine/pg-writer")
+    assert row.actor == "boot:pg" and row.message == f"DISCOVER from {mac}: offered 10.95.0.7; REQUEST: acked 10.95.0.7"
+    assert row.after is not None and row.after["xid"] == 4242 and row.after["interface"] == "br-pg"
+    await db.dispose()
