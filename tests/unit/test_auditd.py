@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bramble.auditd import _DHCP, _LOST, _SEEN, WriterConfig, _Writer, can_run_apart
+from bramble.auditd import _DHCP, _LOST, _SEEN, FrameHold, WriterConfig, _Writer, can_run_apart
 from bramble.boot.dhcp import DhcpEvent
 from bramble.core.observations import ObservationLog
 from bramble.db.session import Database
@@ -96,3 +96,46 @@ def test_the_writer_settings_come_from_the_audit_section(tmp_path: Path) -> None
     config = WriterConfig.from_settings(settings, "boot:n1")
     assert config.niceness == 19 and config.storm_backlog == 1000 and config.actor == "boot:n1"
     assert config.database_url == settings.effective_database_url
+
+
+def _hold(clock: list[float], **kw: int) -> FrameHold:
+    values = {"storm_rate": 500.0, "hold_seconds": 10.0, "hold_bytes": 10_000, "max_bytes": 20_000, **kw}
+    return FrameHold(**values, trickle_records=300, clock=lambda: clock[0])  # type: ignore[arg-type]
+
+
+def test_frames_are_decoded_at_the_next_tick_when_traffic_is_calm() -> None:
+    clock = [0.0]
+    hold = _hold(clock)
+    clock[0] = 1.0
+    hold.add(b"a" * 100, 10)
+    hold.add(b"b" * 100, 10)
+    clock[0] = 1.2
+    assert hold.due() == [b"a" * 100, b"b" * 100] and hold.held_bytes == 0
+
+
+def test_a_storm_is_held_undecoded_then_trickled_then_released_when_it_ends() -> None:
+    clock = [0.0]
+    hold = _hold(clock)
+    for second in range(12):  # 1,000 records a second, in frames of 100 records and 50 bytes
+        for tenth in range(10):
+            clock[0] = second + tenth / 10
+            hold.add(b"x" * 50, 100)
+        due = hold.due()
+        if second < 10:
+            assert due == [], f"second {second}: held"
+        else:
+            assert len(due) == 3, "past the hold time: one trickle of 300 records a tick"
+    assert hold.stats["storm_holds"] == 10 and hold.stats["storm_trickles"] == 2
+    clock[0] += 5  # calm: nothing arrived since the last tick
+    left = hold.due()
+    assert len(left) == 120 - 6 and hold.held_bytes == 0
+
+
+def test_a_storm_past_the_held_bytes_trickles_and_past_the_maximum_drops_and_counts() -> None:
+    clock = [0.0]
+    hold = _hold(clock, hold_bytes=1_000, max_bytes=2_000)
+    clock[0] = 0.1
+    for _ in range(25):
+        hold.add(b"y" * 100, 100)
+    assert hold.held_bytes == 2_000 and hold.stats["dropped"] == 5 * 100
+    assert len(hold.due()) == 3  # over hold_bytes within the hold time: a trickle already

@@ -141,6 +141,10 @@ class ObservationLog:
         if queued == self._batch or queued == self._storm_backlog:
             self._wake.set()
 
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
     def note_dropped(self, count: int, first: datetime) -> None:
         """Observations lost before they reached this log (the sender was far ahead): the next write
         records the hole, as for the log's own drops."""
