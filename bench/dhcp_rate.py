@@ -7,13 +7,15 @@ lease that each server must write to its lease file. The server kinds (``--serve
 
 * ``bramble``: the product. The venv's ``brambled --config FILE`` with ``roles = ["boot"]``, a temp state
   dir and SQLite (the default database), one authoritative ``[[boot.interfaces]]`` entry for ``veth-s``
-  (the range below, 3600 s leases). That is the whole boot role: the PXE boot chooser on every packet,
-  every ``DhcpEvent`` turned into a ``boot.dhcp`` audit event and written to the ``events`` table in
+  (the range below, 3600 s leases). That is the whole boot role: the PXE boot chooser for network-booting
+  clients, every ``DhcpEvent`` handed to the audit writer process (``bramble.auditd``, a child of the
+  daemon), which turns it into a ``boot.dhcp`` audit event and writes it to the ``events`` table in
   batches, plus the role's TFTP/HTTP/syslog listeners (on 10069/10080/10514, in the namespace only) and
   IPv6 router advertisements. After perfdhcp stops, the point waits (up to 30 s) until the audit log has
   caught up and prints its ``boot.dhcp`` row count (about 1 per completed DORA: the role joins an OFFER
   with its REQUEST in one event; an OFFER left alone becomes its own row after a few seconds); the
-  daemon's CPU is counted until the last row landed, so audit writes that lag the packets are included;
+  daemon's CPU, with its child processes', is counted until the last row landed, so audit writes that
+  lag the packets are included;
 * ``bramble-lib``: the library alone. ``bramble.boot.dhcp.DhcpServer`` with its lease journal in a small
   Python script (``SERVE_SCRIPT``) whose ``on_event`` only appends each ``DhcpEvent`` to a deque: no boot
   chooser, no audit log. It shows what the DHCP code costs by itself;
@@ -253,7 +255,8 @@ class Server:
 
     def cpu_seconds(self) -> tuple[float, float]:
         """(utime, stime) of the server, all its threads (``ip netns exec`` execs it, so the PID is the
-        server's), plus its live child processes: brambled's audit writer (``bramble.auditd``)."""
+        server's), plus its live child processes: brambled's audit writer (``bramble.auditd``), and the
+        lease journal's compaction, which runs in a forked child of either Bramble server."""
         if self.proc is None:
             return 0.0, 0.0
         user, system, _ = _proc_cpu(self.proc.pid)
@@ -309,7 +312,7 @@ class Point:
     acks: int
     server_cpu: float = 0.0  # CPU seconds the server process used during the point
     server_sys: float = 0.0  # the part of it spent in the kernel (sockets, lease file writes)
-    writer_cpu: float = 0.0  # the part of it brambled's audit writer process used (included above)
+    writer_cpu: float = 0.0  # the part of it the server's child processes used (included above)
     audit_rows: int | None = None  # brambled only: boot.dhcp rows in the events table once caught up
     audit_catchup: float = 0.0  # seconds after perfdhcp ended until the audit log stopped growing
     audit_note: str = ""  # e.g. the daemon said its audit log is behind (observations dropped)
@@ -499,7 +502,7 @@ def point_line(point: Point) -> str:
         f"  {point.server:11s} {point.rate:6d}/s: DISCOVER {point.sent_discover} OFFER {point.offers} "
         f"REQUEST {point.sent_request} ACK {point.acks} server CPU {point.server_cpu:.2f} s "
         f"({point.server_sys:.2f} s kernel"
-        + (f", {point.writer_cpu:.2f} s audit writer" if point.writer_cpu else "")
+        + (f", {point.writer_cpu:.2f} s in child processes" if point.writer_cpu else "")
         + ")"
         + ("  zero drops" if point.zero_drop else "")
     )
@@ -535,11 +538,11 @@ def report(names: list[str], rates: list[int], points: dict[tuple[str, int], lis
                 best[name] = max(best.get(name, 0), rate)
             rows.append(
                 [rate, name, f"{acks:.0f}", f"{100 * drops_d:.2f}%", f"{100 * drops_r:.2f}%", f"{cpu_per_dora:.0f}",
-                 f"{writer_per_dora:.0f}" if name == "bramble" else "", "yes" if zero else ""]
+                 f"{writer_per_dora:.0f}" if name.startswith("bramble") else "", "yes" if zero else ""]
             )  # fmt: skip
     print_table(
         "Rate sweep (ACK/s = completed DORA per second; server CPU per completed DORA)",
-        ["rate/s", "server", "ACK/s", "drop D-O", "drop R-A", "CPU us/DORA", "of it audit writer", "zero drops"],
+        ["rate/s", "server", "ACK/s", "drop D-O", "drop R-A", "CPU us/DORA", "of it in children", "zero drops"],
         rows,
     )
     lowest = rates[0]
