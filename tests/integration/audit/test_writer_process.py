@@ -200,3 +200,34 @@ async def test_a_writer_that_cannot_open_the_database_fails_the_start_with_its_r
     with pytest.raises(AuditWriterError, match="exited with code 2 before it was ready"):
         await writer.start()
     assert writer.pid is None
+
+
+@pytest.mark.parametrize("apart", [True, False])
+async def test_the_boot_role_records_through_the_writer_process_or_in_the_daemon(
+    tmp_path: Path, db: Database, apart: bool
+) -> None:
+    """``[audit] writer_process``: the daemon's wiring either way (no DHCP interface; listeners on
+    ephemeral ports, no traffic)."""
+    from bramble.boot.inventory import Inventory
+    from bramble.config import load_settings
+    from bramble.daemon import start_boot_role
+
+    settings = load_settings(
+        state_dir=tmp_path,
+        database_url=_url(tmp_path),
+        node_name="n1",
+        roles=["boot"],
+        boot={"tftp_port": 0, "http_port": 0, "syslog_port": 0, "inventory_dir": str(tmp_path / "inv")},
+        audit={"writer_process": apart},
+    )
+    role, sink = await start_boot_role(settings, db, Inventory(settings.inventory_path, "discovered"))
+    pid = getattr(sink, "pid", None)
+    assert (pid is not None) is apart
+    role._emit("boot.wake", "mac/52:54:00:97:04:01", "magic packet sent", details={"interface": "br0"})
+    await role.close()
+    await sink.close()
+    if pid is not None:
+        assert not _alive(pid)
+    [row] = await _rows(db)
+    assert (row.actor, row.action, row.message) == ("boot:n1", "boot.wake", "magic packet sent")
+    assert row.after == {"interface": "br0"}
