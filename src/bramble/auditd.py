@@ -106,6 +106,20 @@ def can_run_apart(database_url: str) -> bool:
     return not (database_url.startswith("sqlite") and (":memory:" in database_url or database_url.endswith("://")))
 
 
+def as_observation(actor: str, seen: BootObservation) -> Observation:
+    """A boot interaction as the audit log's batched writer takes it (its time: now, if it has none)."""
+    return Observation(
+        actor,
+        seen.action,
+        seen.target,
+        seen.message,
+        seen.outcome,
+        seen.details or None,
+        seen.time or utcnow(),
+        seen.render,
+    )
+
+
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
     """Details as the audit log stores them (JSON), so a frame carries only plain values."""
     return json.loads(json.dumps(details, default=str)) if details else {}
@@ -337,18 +351,7 @@ class _Writer:
         }
 
     def _record(self, seen: BootObservation) -> None:
-        self._log.observe(
-            Observation(
-                self._actor,
-                seen.action,
-                seen.target,
-                seen.message,
-                seen.outcome,
-                seen.details or None,
-                seen.time or utcnow(),
-                seen.render,
-            )
-        )
+        self._log.observe(as_observation(self._actor, seen))
 
     def _dhcp(self, interface: str, target: str, fields: tuple[Any, ...], at: float) -> None:
         self._exchanges.packet(interface, target, DhcpEvent._make(fields), at)

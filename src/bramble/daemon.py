@@ -29,18 +29,17 @@ from bramble.agent.metadata import MetadataService
 from bramble.agent.network import NodeNetworks
 from bramble.api.app import create_app
 from bramble.audit.retention import AuditPruner, RetentionPolicy
-from bramble.auditd import AuditWriterError, AuditWriterProcess, WriterConfig, can_run_apart
+from bramble.auditd import AuditWriterError, AuditWriterProcess, WriterConfig, as_observation, can_run_apart
 from bramble.boot.inventory import Inventory
 from bramble.compute.driver import ComputeDriver
 from bramble.config import ConfigError, Settings, load_settings
 from bramble.core.cloud import Cloud
 from bramble.core.deps import CoreDeps
 from bramble.core.gateway import NodeGateway
-from bramble.core.observations import Observation, ObservationLog
+from bramble.core.observations import ObservationLog
 from bramble.core.operations import OperationRunner
 from bramble.core.pools import default_pool_spec
 from bramble.db.migrate import upgrade
-from bramble.db.models import utcnow
 from bramble.db.session import Database
 from bramble.storage.cache import CacheError, ImageCache
 from bramble.storage.driver import StorageDriver, StorageError
@@ -288,18 +287,7 @@ async def start_boot_role(
     observations.start()
 
     def observe(seen: BootObservation) -> None:
-        observations.observe(
-            Observation(
-                actor,
-                seen.action,
-                seen.target,
-                seen.message,
-                seen.outcome,
-                seen.details or None,
-                seen.time or utcnow(),
-                seen.render,
-            )
-        )
+        observations.observe(as_observation(actor, seen))
 
     role = BootRole(settings, inventory, observe)
     try:
