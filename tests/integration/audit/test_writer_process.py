@@ -168,7 +168,7 @@ async def test_the_writer_outlives_sigterm_and_writes_everything_when_the_daemon
                     event = DhcpEvent(mac, "REQUEST", "acked", None, ("0.0.0.0", 68), None, i)
                     writer.dhcp_packet("br0", "mac/x", event, time.time())
                 writer._send()
-                await asyncio.sleep(0.2)  # the frame is in the pipe
+                await writer._proc.stdin.drain()  # the frame is in the pipe
                 os._exit(0)  # dies without closing anything
 
             asyncio.run(main())
