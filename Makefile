@@ -22,14 +22,14 @@ test-deps:
 # `make up` installs Bramble alone; `make test` adds the test tools (pytest, hypothesis, atheris, ...).
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py src/bramble/boot/_lockstep.c
 	@test -x $(VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e .
 	@touch $@
 
 test-venv: $(VENV)/.installed-test
 
-$(VENV)/.installed-test: pyproject.toml
+$(VENV)/.installed-test: pyproject.toml setup.py src/bramble/boot/_lockstep.c
 	@test -x $(VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@

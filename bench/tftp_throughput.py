@@ -60,13 +60,19 @@ ATFTPD_FALLBACK = Path("/opt/atftpd/usr/sbin/atftpd")
 
 # The Bramble server runner: serve argv[1] on an ephemeral loopback port, print the port,
 # run until SIGTERM/SIGINT. With argv[4] set, profile the event loop and every thread (each
-# transfer runs in its own thread) and dump the merged stats there.
+# transfer runs in its own thread) and dump the merged stats there. argv[5] "python-loop" turns
+# the C lock-step loop off (the server's fallback when it was installed without a compiler).
 _RUNNER = r"""
 import asyncio, cProfile, pstats, signal, sys, threading
 from pathlib import Path
+import bramble.boot.tftp
 from bramble.boot.tftp import TftpServer
 
 root, blksize, windowsize, profile_out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if sys.argv[5] == "python-loop":
+    bramble.boot.tftp._lockstep_run = None
+elif bramble.boot.tftp._lockstep_run is None:
+    sys.exit("bramble.boot._lockstep is not built: reinstall with gcc and python3-dev (pip install -e .)")
 
 async def main():
     server = TftpServer(Path(root), host="127.0.0.1", port=0, max_blksize=blksize, max_windowsize=windowsize)
@@ -153,14 +159,19 @@ def wait_tftp_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 1
 class Servers:
     """Starts the servers (children of this process, stopped by PID on exit)."""
 
-    def __init__(self, work: Path, root: Path, atftpd: Path | None) -> None:
-        self.work, self.root, self.atftpd = work, root, atftpd
+    def __init__(self, work: Path, root: Path, atftpd: Path | None, python_loop: bool = False) -> None:
+        self.work, self.root, self.atftpd, self.python_loop = work, root, atftpd, python_loop
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
 
     def start_all(self, max_blksize: int, max_windowsize: int) -> list[str]:
         names = ["bramble"]
         self.ports["bramble"], self.procs["bramble"] = self.start_bramble(max_blksize, max_windowsize)
+        if self.python_loop:
+            names.append("bramble-py")
+            self.ports["bramble-py"], self.procs["bramble-py"] = self.start_bramble(
+                max_blksize, max_windowsize, python_loop=True
+            )
         if shutil.which("in.tftpd"):
             port = free_udp_port()
             argv = ["in.tftpd", "--foreground", "--address", f"{HOST}:{port}", "--secure"]
@@ -181,10 +192,10 @@ class Servers:
         return names
 
     def start_bramble(
-        self, max_blksize: int, max_windowsize: int, profile_out: Path | None = None
+        self, max_blksize: int, max_windowsize: int, profile_out: Path | None = None, python_loop: bool = False
     ) -> tuple[int, subprocess.Popen[bytes]]:
         argv = [sys.executable, "-c", _RUNNER, str(self.root), str(max_blksize), str(max_windowsize)]
-        argv.append(str(profile_out) if profile_out else "")
+        argv += [str(profile_out) if profile_out else "", "python-loop" if python_loop else "c-loop"]
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, cwd=self.work)
         self.procs[f"bramble-{proc.pid}"] = proc  # registered before anything can fail
@@ -325,6 +336,11 @@ def main() -> int:
     )
     parser.add_argument("--atftpd", type=Path, default=None, help="atftpd binary (default: PATH, then /opt/atftpd)")
     parser.add_argument("--profile-bramble", action="store_true", help="also profile Bramble's server per cell")
+    parser.add_argument(
+        "--python-loop",
+        action="store_true",
+        help="also run Bramble with its pure-Python lock-step loop (bramble-py), as without a compiler",
+    )
     parser.add_argument("--profile-top", type=int, default=18, help="functions shown per profile (default 18)")
     args = parser.parse_args()
     install_signal_cleanup()
@@ -357,7 +373,7 @@ def main() -> int:
         out_dir = work / "out"
         out_dir.mkdir()
 
-        servers = Servers(work, root, atftpd)
+        servers = Servers(work, root, atftpd, python_loop=args.python_loop)
         try:
             names = servers.start_all(max_blksize=1468, max_windowsize=64)
             print("servers: " + ", ".join(f"{n} on port {servers.ports[n]}" for n in names))

@@ -4,9 +4,11 @@
 #   install-deps.sh ceph      what Ceph RBD storage needs on top: the Python bindings, the ceph CLI,
 #                             QEMU's rbd block driver
 #   install-deps.sh test      what `make test` needs (all of the above and the tests' tools)
-# (busybox-static provides the `busybox` command the tests use; Debian's busybox conflicts with it.)
+# (gcc, libc6-dev and python3-dev build the TFTP server's C lock-step loop; without them pip skips
+# it and the server uses its Python loop. busybox-static provides the `busybox` command the tests
+# use; Debian's busybox conflicts with it.)
 set -euo pipefail
-runtime=(python3-venv qemu-system-x86 qemu-utils ovmf busybox-static cpio gzip xz-utils zstd curl ca-certificates
+runtime=(python3-venv gcc libc6-dev python3-dev qemu-system-x86 qemu-utils ovmf busybox-static cpio gzip xz-utils zstd curl ca-certificates
          debian-archive-keyring python3-nftables)
 ceph=(qemu-block-extra python3-rbd python3-rados ceph-common)
 test=(qemu-system-arm qemu-efi-aarch64 qemu-system-misc qemu-system-mips qemu-system-ppc procps tftp-hpa atftp postgresql-15 isc-dhcp-client iproute2

@@ -116,6 +116,27 @@ async def fast_srv(boot_root: Path, tmp_path: Path) -> AsyncIterator[Running]:
         yield running
 
 
+@pytest.fixture(params=["c", "python"], ids=["c-loop", "python-loop"])
+def lockstep_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a lock-step test with the C loop (the default) and with the pure-Python fallback."""
+    if request.param == "python":
+        monkeypatch.setattr(tftp_module, "_lockstep_run", None)
+        yield "python"
+        return
+    run = tftp_module._lockstep_run
+    assert run is not None, "bramble.boot._lockstep is not built: install gcc and python3-dev, then pip install -e ."
+    calls = 0
+
+    def counted(*args: object) -> tuple[int, int, int, int]:
+        nonlocal calls
+        calls += 1
+        return run(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tftp_module, "_lockstep_run", counted)
+    yield "c"
+    assert calls, "the transfer never entered the C loop"
+
+
 def _need(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
@@ -187,6 +208,7 @@ def _error_for(port: int, packet: Packet) -> Error:
 # -- real clients ---------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_tftp_hpa_default_blksize_wraps_block_numbers(srv: Running, boot_root: Path) -> None:
     tftp = _need("tftp")
     out = srv.out / "big.bin"
@@ -211,6 +233,7 @@ async def test_atftp_with_blksize_and_windowsize(srv: Running, boot_root: Path) 
     print(f"atftp 32 MiB blksize 1468 windowsize 16: {seconds:.2f}s ({BIG / seconds / 1e6:.1f} MB/s)")
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_curl_with_blksize(srv: Running, boot_root: Path) -> None:
     curl = _need("curl")
     out = srv.out / "big.bin"
@@ -222,6 +245,7 @@ async def test_curl_with_blksize(srv: Running, boot_root: Path) -> None:
     print(f"curl 32 MiB blksize 1468: {seconds:.2f}s ({BIG / seconds / 1e6:.1f} MB/s)")
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_concurrent_downloads(srv: Running, boot_root: Path) -> None:
     want = (boot_root / "small.bin").read_bytes()
     results: list[bytes | Error] = []
@@ -353,6 +377,7 @@ async def test_client_that_vanishes_after_oack_is_aborted_not_timeout(fast_srv: 
     assert (await fast_srv.event()).outcome == "aborted"
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_retransmits_with_backoff_then_times_out(boot_root: Path, tmp_path: Path) -> None:
     # 0.3 s then 0.6 s: wide enough that a loaded host's scheduling delays cannot hide the doubling.
     async for running in _serve(boot_root, tmp_path / "out", initial_timeout=0.3, retries=2):
@@ -376,6 +401,7 @@ async def _check_backoff(running: Running) -> None:
     assert (await running.event()).outcome == "timeout"
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_unknown_tid_gets_error_5_and_transfer_continues(srv: Running, boot_root: Path) -> None:
     def run() -> tuple[Packet, bytes]:
         with Client(srv.server.port) as client, Client(srv.server.port) as intruder:
@@ -422,6 +448,7 @@ async def test_window_resends_from_the_block_after_a_partial_ack(srv: Running, b
     assert await anyio.to_thread.run_sync(run) == [3, 4, 5, 6]
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_netascii_is_translated(srv: Running) -> None:
     def run() -> bytes | Error:
         with Client(srv.server.port) as client:
@@ -444,6 +471,7 @@ async def test_atftp_window_wraps_block_numbers(srv: Running, boot_root: Path, g
     assert (event.outcome, event.bytes_sent, event.blksize, event.windowsize) == ("sent", BIG, 512, 16)
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_duplicate_ack_in_lock_step_is_not_answered(patient_srv: Running) -> None:
     """Sorcerer's Apprentice (RFC 1123 4.2.3.1): a repeated ACK must not double the DATA stream."""
 
@@ -471,6 +499,39 @@ async def test_duplicate_ack_in_lock_step_is_not_answered(patient_srv: Running) 
 
     assert await anyio.to_thread.run_sync(run) == [2, 3]
     assert (await patient_srv.event()).outcome == "aborted"
+
+
+@pytest.mark.usefixtures("lockstep_loop")
+async def test_lock_step_resends_the_unacknowledged_block_after_a_timeout(boot_root: Path, tmp_path: Path) -> None:
+    """A DATA lost in mid-file (its ACK never comes) is resent after the timeout, then the transfer goes on."""
+    want = (boot_root / "small.bin").read_bytes()
+    async for running in _serve(boot_root, tmp_path / "out", initial_timeout=0.2, retries=3):
+
+        def run(port: int = running.server.port) -> tuple[bytes, list[int]]:
+            with Client(port) as client:
+                client.send(ReadRequest("small.bin"))
+                chunks: list[bytes] = []
+                seen: list[int] = []
+                withheld = False
+                while True:
+                    packet, tid = client.recv()
+                    assert isinstance(packet, Data)
+                    seen.append(packet.block)
+                    if packet.block == 300 and not withheld:  # past the first slab (256 blocks of 512)
+                        withheld = True  # as if this DATA were lost: no ACK, wait for it again
+                        continue
+                    if packet.block == len(chunks) + 1:
+                        chunks.append(packet.data)
+                    client.send(Ack(packet.block), tid)
+                    if len(packet.data) < 512:
+                        return b"".join(chunks), seen
+
+        data, seen = await anyio.to_thread.run_sync(run)
+        assert data == want
+        assert seen[298:302] == [299, 300, 300, 301]  # block 300 twice, nothing else repeated
+        assert len(seen) == len(want) // 512 + 2
+        event = await running.event()
+        assert (event.outcome, event.bytes_sent) == ("sent", len(want))
 
 
 async def test_duplicate_ack_in_a_window_resends_it_once(patient_srv: Running) -> None:
@@ -509,6 +570,7 @@ async def test_oack_answers_timeout_and_blksize_as_integers(srv: Running) -> Non
     assert oack == OptionAck({"blksize": "1024", "timeout": "3", "tsize": str(SMALL), "windowsize": "8"})
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_close_aborts_a_transfer_in_flight(boot_root: Path, tmp_path: Path) -> None:
     async for running in _serve(boot_root, tmp_path / "out"):
 
@@ -530,6 +592,7 @@ async def test_close_aborts_a_transfer_in_flight(boot_root: Path, tmp_path: Path
             sock.close()
 
 
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_file_that_shrinks_during_the_transfer_ends_early(boot_root: Path, tmp_path: Path) -> None:
     """The data ends where the file now ends (a short block), instead of hanging or sending junk."""
     root = tmp_path / "root"
@@ -605,6 +668,7 @@ def _ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.usefixtures("lockstep_loop")
 async def test_ipv6_transfer_and_stranger(boot_root: Path, tmp_path: Path) -> None:
     async for running in _serve_on("::1", boot_root, tmp_path / "out"):
 
