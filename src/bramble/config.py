@@ -104,6 +104,9 @@ class BootSettings(_Section):
     # Boot loaders (undionly.kpxe, snponly.efi, ipxe.efi), kernels, initrds, images.
     files_dir: Path | None = None  # default: state_dir / "boot-files"
     tftp_port: int = Field(default=69, ge=0, le=65535)
+    # In lock-step, how long a TFTP transfer polls for the next ACK before it sleeps (0: never).
+    # Fast clients (VMs on this host) get their blocks sooner; slow ones switch it off.
+    tftp_spin_us: float = Field(default=20.0, ge=0, le=1000)
     http_port: int = Field(default=8471, ge=0, le=65535)
     syslog_port: int = Field(default=514, ge=0, le=65535)
     dhcp_port: int = Field(default=67, ge=0, le=65535)

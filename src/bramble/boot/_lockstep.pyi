@@ -8,5 +8,8 @@ def run(
     packet_size: int,
     end_length: int,
     expected: int,
+    spin_ns: int,
+    credit: int,
     /,
-) -> tuple[int, int, int, int]: ...
+) -> tuple[int, int, int, int, int]: ...
+def credit_max() -> int: ...

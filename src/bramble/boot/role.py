@@ -135,7 +135,9 @@ class BootRole:
             for iface in boot.interfaces:
                 link = self._build_link(iface, lease_dir)
                 self._links.append(link)
-            self._tftp = TftpServer(files, host="0.0.0.0", port=boot.tftp_port, on_event=self._on_tftp)
+            self._tftp = TftpServer(
+                files, host="0.0.0.0", port=boot.tftp_port, spin_us=boot.tftp_spin_us, on_event=self._on_tftp
+            )
             self._http = BootHttpServer(
                 files, self._script_for, host="0.0.0.0", port=boot.http_port, on_event=self._on_http
             )

@@ -84,12 +84,13 @@ _LOW_BYTES = bytes(range(256)) * (_IOV_MAX // 256 + 2)
 _UNKNOWN_END = 1 << 62  # Slabs.last_block before the end of a netascii file is found
 _gso_size = struct.Struct("=H").pack
 
-_LockstepRun = Callable[[int, bytearray, memoryview, int, int, int, int, int], tuple[int, int, int, int]]
+_LockstepRun = Callable[[int, bytearray, memoryview, int, int, int, int, int, int, int], tuple[int, int, int, int, int]]
 _lockstep_run: _LockstepRun | None
+_SPIN_CREDIT = 0  # what a transfer starts with; see _lockstep.c
 try:  # the lock-step loop in C; absent when the package was installed without a compiler
     from bramble.boot import _lockstep
 
-    _lockstep_run = _lockstep.run
+    _lockstep_run, _SPIN_CREDIT = _lockstep.run, _lockstep.credit_max()
 except ImportError:  # pragma: no cover - the Python loop in _Transfer._serve does the same, slower
     _lockstep_run = None
 
@@ -451,6 +452,7 @@ class _Transfer:
         per_slab, packet_size = slabs.per_slab, slabs.packet_size
         packets, base = slabs.current  # the slab `following` came from
         fast_run = _lockstep_run if self._params.windowsize == 1 else None
+        spin_credit = _SPIN_CREDIT  # at 0 or below, the C loop found polling for this client a waste
         dup_resent = False
         _set_receive_timeout(sock, timeout)
         try:
@@ -468,8 +470,17 @@ class _Transfer:
                     # whatever is not the expected ACK, with the same meaning as readv's result.
                     start = sent + 1 - base
                     end = min(per_slab, slabs.last_block - base + 1)
-                    count, got, n, error = fast_run(
-                        fd, buffer, slabs.current_view, start, end, packet_size, len(packets[end - 1]), expected
+                    count, got, n, error, spin_credit = fast_run(
+                        fd,
+                        buffer,
+                        slabs.current_view,
+                        start,
+                        end,
+                        packet_size,
+                        len(packets[end - 1]),
+                        expected,
+                        server.spin_ns() if spin_credit > 0 else 0,
+                        spin_credit,
                     )
                     received += got
                     if count:
@@ -691,14 +702,22 @@ class TftpServer:
         retries: int = 5,
         initial_timeout: float = 1.0,
         max_file_bytes: int | None = None,
+        spin_us: float = 20.0,
         on_event: Callable[[TftpEvent], None] | None = None,
     ) -> None:
+        """`spin_us`: in lock-step, how long a transfer polls for the next ACK before it sleeps
+        (0 never polls). Only while fewer transfers run than this process has CPUs, and only
+        until the client proves slower than that (see ``_lockstep.c``)."""
         if not BLKSIZE_MIN <= max_blksize <= BLKSIZE_MAX:
             raise ValueError(f"max_blksize must be in {BLKSIZE_MIN}..{BLKSIZE_MAX}")
         if not WINDOWSIZE_MIN <= max_windowsize <= WINDOWSIZE_MAX:
             raise ValueError(f"max_windowsize must be in {WINDOWSIZE_MIN}..{WINDOWSIZE_MAX}")
         if retries < 0 or initial_timeout <= 0:
             raise ValueError("retries must be >= 0 and initial_timeout > 0")
+        if not 0 <= spin_us <= 1000:
+            raise ValueError("spin_us must be in 0..1000")
+        self._spin_ns = int(spin_us * 1000)
+        self._cpus = len(os.sched_getaffinity(0))
         self.root = root.resolve()
         self.host, self._port = host, port
         self.max_blksize, self.max_windowsize = max_blksize, max_windowsize
@@ -743,6 +762,16 @@ class TftpServer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def spin_ns(self) -> int:
+        """The poll budget for a lock-step wait: none unless a CPU is left for each client.
+
+        Called from transfer threads; reading the dict's size is atomic, and a transfer that
+        is a moment late to count only shifts when polling starts or stops.
+        """
+        if self._cpus > 1 and len(self._transfers) < self._cpus:
+            return self._spin_ns
+        return 0
 
     # -- called on the loop by transfer threads ------------------------------------------------
 
