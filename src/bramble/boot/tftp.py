@@ -479,6 +479,7 @@ class _Transfer:
                     # whatever is not the expected ACK, with the same meaning as readv's result.
                     start = sent + 1 - base
                     end = min(per_slab, slabs.last_block - base + 1)
+                    spin_was = spin_credit
                     count, got, n, error, spin_credit = fast_run(
                         fd,
                         buffer,
@@ -492,6 +493,8 @@ class _Transfer:
                         spin_credit,
                     )
                     received += got
+                    if spin_credit <= 0 < spin_was:
+                        log.debug("tftp: %s answers too slowly to poll for; waiting in recv", self._client)
                     if count:
                         sent += count
                         acked, expected = sent - 1, sent & 0xFFFF
