@@ -4,6 +4,7 @@ image export, the migration that points old rows at the default pool."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import httpx
@@ -181,6 +182,27 @@ async def test_bad_pool_requests_are_refused_and_write_nothing(api: httpx.AsyncC
     )
     assert bad_vm.status_code == 422 and "unknown pool 'nope'" in bad_vm.json()["error"]["message"]
     assert (await api.get("/v1/vms")).json() == []
+
+
+async def test_an_rbd_pool_without_the_ceph_bindings_is_a_422_that_says_what_to_install(
+    api: httpx.AsyncClient, services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a host without python3-rados/python3-rbd (the embedded default installs neither)."""
+    conf = tmp_path / "ceph.conf"
+    conf.write_text("[global]\nmon_host = 127.0.0.1\n")
+    monkeypatch.setitem(sys.modules, "rados", None)  # `import rados` raises ImportError
+    monkeypatch.setitem(sys.modules, "rbd", None)
+    state_before = sorted(p.name for p in registry(services).state_dir.iterdir())
+    response = await api.post(
+        "/v1/pools", json={"name": "ceph", "driver": "rbd", "ceph_conf": str(conf), "ceph_pool": "x"}
+    )
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert "python3-rados and python3-rbd" in message and "install-deps.sh ceph" in message
+    assert [p["name"] for p in (await api.get("/v1/pools")).json()] == ["default"]
+    assert sorted(p.name for p in registry(services).state_dir.iterdir()) == state_before  # no probe left over
+    events = (await api.get("/v1/events", params={"target": "pool/ceph"})).json()
+    assert [e["outcome"] for e in events] == ["rejected"]
 
 
 async def test_a_local_pool_reports_statvfs_and_exports_images(
